@@ -1,0 +1,51 @@
+"""dora_jax's own parameter checkpoints: an orbax tree plus the model config.
+
+    <dir>/model_config.json   ModelConfig as JSON
+    <dir>/params/             orbax (tensorstore) checkpoint of the parameter tree
+
+Orbax writes shards in parallel and restores straight into any sharding, so this is the
+format the trainer uses; `launch/convert.py` moves between it and HF directories.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from dora_jax.models.config import ModelConfig
+from dora_jax.models.lm import LM, Params, param_shapes
+
+CONFIG_FILE = "model_config.json"
+
+
+def save(out_dir: str, config: ModelConfig, params: Params) -> None:
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.join(out_dir, "params"), params, force=True)
+    with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
+        f.write(config.to_json())
+
+
+def is_checkpoint(path: str) -> bool:
+    return os.path.exists(os.path.join(path, CONFIG_FILE))
+
+
+def load(ckpt_dir: str, shardings=None) -> LM:
+    """Restores an `LM`; `shardings` (a tree of `jax.sharding.Sharding`) places the params directly."""
+    ckpt_dir = os.path.abspath(ckpt_dir)
+    cfg_path = os.path.join(ckpt_dir, CONFIG_FILE)
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(f"{cfg_path}: missing; {ckpt_dir} is not a dora_jax model checkpoint "
+                                "(for a Hugging Face directory use dora_jax.models.hf.load).")
+    with open(cfg_path) as f:
+        config = ModelConfig.from_json_dict(json.load(f))
+    target = param_shapes(config)
+    if shardings is not None:
+        target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), target, shardings)
+    with ocp.StandardCheckpointer() as ckptr:
+        params = ckptr.restore(os.path.join(ckpt_dir, "params"), target)
+    return LM(config=config, params=params)

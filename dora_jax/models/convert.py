@@ -1,0 +1,33 @@
+"""HF directory <-> dora_jax checkpoint conversion (the logic behind `launch/convert.py`)."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+
+from dora_jax.models import checkpoint, hf
+
+
+def convert(src: str, dst: str, dtype: str | None = None) -> str:
+    """Converts `src` to the other format at `dst`; returns a one-line summary."""
+    if checkpoint.is_checkpoint(src):
+        lm = checkpoint.load(src)
+        params = _cast(lm.params, dtype)
+        hf.save(lm, params, dst)
+        return f"wrote Hugging Face directory {dst} ({lm.num_params:,} params, {_dtype_of(params)})"
+    if os.path.exists(os.path.join(src, "config.json")):
+        lm = hf.load(src, dtype=dtype or hf.checkpoint_dtype(src))
+        checkpoint.save(dst, lm.config, lm.params)
+        return f"wrote dora_jax checkpoint {dst} ({lm.num_params:,} params, {lm.config.param_dtype})"
+    raise FileNotFoundError(f"{src}: neither a Hugging Face model dir (config.json) nor a dora_jax checkpoint "
+                            f"({checkpoint.CONFIG_FILE}).")
+
+
+def _cast(params, dtype):
+    return params if dtype is None else jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)), params)
+
+
+def _dtype_of(params) -> str:
+    return str(jax.tree.leaves(params)[0].dtype)

@@ -1,0 +1,181 @@
+"""One Flax decoder for the Qwen2 / Qwen2.5 / DeepSeek-R1-Distill-Qwen and Llama families.
+
+The module is stateless: parameters and the KV cache are explicit pytrees, so the same
+definition serves any number of parameter trees (ref, Nora, Dora) and jits cleanly inside
+`lax.while_loop` decoding. Every parameter and activation carries logical axis names
+(`batch`, `length`, `embed`, `heads`, `kv_heads`, `head_dim`, `mlp`, `vocab`, `layers`,
+`norm`) that sharding rules map onto a mesh.
+
+Attention is one code path for full forward passes and cached decoding: a query at cache
+slot `cache_index + t` attends to key slots `s <= cache_index + t` whose `kv_mask` is set.
+Without a cache the slots are simply `0..T-1` and `kv_mask` is the attention mask.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dora_jax.models.config import ModelConfig, rope_frequencies
+
+Params = Any
+Cache = dict[str, jax.Array]  # {"k": [L,B,S,K,Dh], "v": [L,B,S,K,Dh]}
+
+
+def _init(scale_axis: int, names: tuple[str, ...]):
+    """Normal init with std 1/sqrt(fan_in) over `scale_axis`, tagged with logical axis names."""
+    def init(key, shape, dtype):
+        fan_in = int(np.prod([shape[i] for i in range(len(shape)) if i <= scale_axis]))
+        return jax.random.normal(key, shape, dtype) / np.sqrt(fan_in).astype(dtype)
+    return nn.with_logical_partitioning(init, names)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x_BxTxD):
+        scale_D = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                             (x_BxTxD.shape[-1],), self.param_dtype)
+        # Variance in f32 as transformers does: bf16 squares lose too much precision.
+        x32 = x_BxTxD.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return jnp.expand_dims(scale_D.astype(self.dtype), range(x32.ndim - 1)) * x32.astype(self.dtype)
+
+
+def apply_rope(x_BxTxNxDh, positions_BxT, inv_freq, attention_scale: float):
+    """Rotate-half RoPE (the transformers convention), angles computed in f32."""
+    angles_BxTxF = positions_BxT[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)[None, None, :]
+    angles = jnp.concatenate([angles_BxTxF, angles_BxTxF], axis=-1)[:, :, None, :]
+    cos = (jnp.cos(angles) * attention_scale).astype(x_BxTxNxDh.dtype)
+    sin = (jnp.sin(angles) * attention_scale).astype(x_BxTxNxDh.dtype)
+    half = x_BxTxNxDh.shape[-1] // 2
+    rotated = jnp.concatenate([-x_BxTxNxDh[..., half:], x_BxTxNxDh[..., :half]], axis=-1)
+    return x_BxTxNxDh * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD, layer_cache, positions_BxT, kv_mask_BxS, cache_index):
+        c = self.config
+        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+        B, T, D = x_BxTxD.shape
+        H, K, Dh = c.num_heads, c.num_kv_heads, c.head_dim
+
+        def proj(name, heads, head_axis):
+            w = self.param(f"{name}_kernel", _init(0, ("embed", head_axis, "head_dim")), (D, heads, Dh), pdtype)
+            y = jnp.einsum("BTD,DNd->BTNd", x_BxTxD, w.astype(dtype))
+            if c.qkv_bias:
+                b = self.param(f"{name}_bias", nn.with_logical_partitioning(nn.initializers.zeros, (head_axis, "head_dim")),
+                               (heads, Dh), pdtype)
+                y = y + b.astype(dtype)[None, None]
+            return y
+
+        q_BxTxHxDh = proj("q", H, "heads")
+        k_BxTxKxDh = proj("k", K, "kv_heads")
+        v_BxTxKxDh = proj("v", K, "kv_heads")
+        inv_freq, rope_scale = rope_frequencies(c)
+        q_BxTxHxDh = apply_rope(q_BxTxHxDh, positions_BxT, inv_freq, rope_scale)
+        k_BxTxKxDh = apply_rope(k_BxTxKxDh, positions_BxT, inv_freq, rope_scale)
+
+        if layer_cache is None:
+            keys_BxSxKxDh, values_BxSxKxDh, new_cache = k_BxTxKxDh, v_BxTxKxDh, None
+        else:
+            start = (0, cache_index, 0, 0)
+            keys_BxSxKxDh = jax.lax.dynamic_update_slice(layer_cache["k"], k_BxTxKxDh.astype(layer_cache["k"].dtype), start)
+            values_BxSxKxDh = jax.lax.dynamic_update_slice(layer_cache["v"], v_BxTxKxDh.astype(layer_cache["v"].dtype), start)
+            new_cache = {"k": keys_BxSxKxDh, "v": values_BxSxKxDh}
+        S = keys_BxSxKxDh.shape[1]
+        query_slots_T = cache_index + jnp.arange(T)
+        mask_BxTxS = (jnp.arange(S)[None, None, :] <= query_slots_T[None, :, None]) & kv_mask_BxS[:, None, :].astype(bool)
+
+        q_BxTxKxGxDh = q_BxTxHxDh.reshape(B, T, K, H // K, Dh)
+        # Scores and softmax in f32: bf16 logits of attention saturate and break sampler/scorer parity.
+        scores = jnp.einsum("BTKGd,BSKd->BKGTS", q_BxTxKxGxDh, keys_BxSxKxDh.astype(dtype),
+                            preferred_element_type=jnp.float32) * (Dh ** -0.5)
+        scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+        out_BxTxKxGxDh = jnp.einsum("BKGTS,BSKd->BTKGd", probs, values_BxSxKxDh.astype(dtype))
+        out_BxTxHxDh = nn.with_logical_constraint(out_BxTxKxGxDh.reshape(B, T, H, Dh),
+                                                  ("batch", "length", "heads", "head_dim"))
+        wo = self.param("o_kernel", _init(1, ("heads", "head_dim", "embed")), (H, Dh, D), pdtype)
+        return jnp.einsum("BTHd,HdD->BTD", out_BxTxHxDh, wo.astype(dtype)), new_cache
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD):
+        c = self.config
+        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+        D, F = c.hidden_size, c.intermediate_size
+        gate = self.param("gate_kernel", _init(0, ("embed", "mlp")), (D, F), pdtype)
+        up = self.param("up_kernel", _init(0, ("embed", "mlp")), (D, F), pdtype)
+        down = self.param("down_kernel", _init(0, ("mlp", "embed")), (F, D), pdtype)
+        h_BxTxF = jax.nn.silu(x_BxTxD @ gate.astype(dtype)) * (x_BxTxD @ up.astype(dtype))
+        h_BxTxF = nn.with_logical_constraint(h_BxTxF, ("batch", "length", "mlp"))
+        return h_BxTxF @ down.astype(dtype)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer layer; scanned over `layers` so compile time does not grow with depth."""
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD, layer_cache, positions_BxT, kv_mask_BxS, cache_index):
+        c = self.config
+        norm = functools.partial(RMSNorm, c.rms_norm_eps, jnp.dtype(c.dtype), jnp.dtype(c.param_dtype))
+        h, new_cache = Attention(c, name="attn")(norm(name="attn_norm")(x_BxTxD), layer_cache, positions_BxT,
+                                                 kv_mask_BxS, cache_index)
+        x_BxTxD = x_BxTxD + h
+        x_BxTxD = x_BxTxD + MLP(c, name="mlp")(norm(name="mlp_norm")(x_BxTxD))
+        return nn.with_logical_constraint(x_BxTxD, ("batch", "length", "embed")), new_cache
+
+
+def unembed(config: ModelConfig, params: Params, hidden_BxTxD: jax.Array) -> jax.Array:
+    """Final hidden states -> f32 logits (f32 accumulation so log-probs stay exact in bf16)."""
+    dtype = jnp.dtype(config.dtype)
+    if config.tie_word_embeddings:
+        return jnp.einsum("BTD,VD->BTV", hidden_BxTxD.astype(dtype), params["embedding"].astype(dtype),
+                          preferred_element_type=jnp.float32)
+    return jnp.einsum("BTD,DV->BTV", hidden_BxTxD.astype(dtype), params["lm_head"].astype(dtype),
+                      preferred_element_type=jnp.float32)
+
+
+class Decoder(nn.Module):
+    """tokens -> logits (or final hidden states), with an optional explicit KV cache."""
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_BxT, positions_BxT, kv_mask_BxS, cache: Cache | None = None, cache_index=0,
+                 return_hidden: bool = False):
+        c = self.config
+        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+        embedding = self.param("embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
+                               (c.vocab_size, c.hidden_size), pdtype)
+        x_BxTxD = nn.with_logical_constraint(jnp.take(embedding, tokens_BxT, axis=0).astype(dtype),
+                                             ("batch", "length", "embed"))
+        block = Block
+        if c.remat:
+            block = nn.remat(Block, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)
+        stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_layers,
+                        metadata_params={nn.PARTITION_NAME: "layers"})
+        x_BxTxD, new_cache = stack(c, name="layers")(x_BxTxD, cache, positions_BxT, kv_mask_BxS, cache_index)
+        x_BxTxD = RMSNorm(c.rms_norm_eps, dtype, pdtype, name="final_norm")(x_BxTxD)
+        head = {"embedding": embedding}
+        if not c.tie_word_embeddings:
+            head["lm_head"] = self.param("lm_head", _init(0, ("embed", "vocab")), (c.hidden_size, c.vocab_size), pdtype)
+        if return_hidden:
+            return x_BxTxD, new_cache
+        return unembed(c, head, x_BxTxD), new_cache

@@ -1,0 +1,36 @@
+"""dora_jax: exploration-aware RL fine-tuning of language models in JAX/Flax."""
+
+import setuptools
+
+setuptools.setup(
+    name="dora_jax",
+    version="0.1.0",
+    description="Exploration-aware RL fine-tuning (Dora, GRPO, Poly-EPO) of language models in JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["dora_jax", "dora_jax.*"]),
+    install_requires=[
+        "jax>=0.6.0,<0.11",
+        "flax>=0.10.6,<0.13",
+        "optax>=0.2.4,<0.3",
+        "orbax-checkpoint>=0.11.0,<0.13",
+        "transformers>=4.51,<6",
+        "safetensors>=0.4.3,<1",
+        "tensorflow-datasets>=4.9.8,<4.10",
+        "ml-collections>=1.0,<2",
+        "grain>=0.2.10,<0.3",
+        "numpy>=1.26,<3",
+        "tqdm>=4.66,<5",
+        "matplotlib>=3.8,<4",
+        "absl-py>=2.1,<3",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8.0,<10",
+            "chex>=0.1.89,<0.2",
+            # CPU build only: an unpinned torch pulls several GB of CUDA packages.
+            "torch==2.13.0",
+        ],
+    },
+)
