@@ -1,0 +1,427 @@
+"""Objectives: loss aggregation, the GRPO and Dora losses, and advantage transforms (SPEC §3).
+
+Everything is a pure, jit-able function of float32 arrays, selected by name from a registry:
+
+    loss, metrics = get_loss("dora_indicator")(logp_BxT, batch, hp, denoms_of(mask_BxT))
+    adv_PxG = get_advantage("poly_epo")(rewards_PxG, clusters_PxG, hp)
+
+A notebook adds an objective with one decorated function:
+
+    @register_loss("my_loss")
+    def my_loss(logp_BxT, batch, hp, denoms): ...
+
+Losses divide by *global* denominators (`Denoms` of the whole batch), so summing the losses,
+gradients and metrics of micro-batches reproduces the full-batch values exactly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# psi = exp(.) caps its exponent here so float32 never overflows (exp overflows at ~88.7):
+# e^60 ~ 1e26 already saturates every clip(psi * x, -delta, delta) with |x| > 1e-25, and a
+# sum of e^60 over 1e12 tokens (the psi_mean metric) is still finite, so the trainer's
+# NaN/Inf guard never trips on tiny beta (the paper's beta = 0.01 gives A / beta ~ 250).
+_MAX_LOG_PSI = 60.0
+# Bound on log rho (SPEC §3): a stale token can never produce an inf ratio.
+_MAX_LOG_RATIO = 20.0
+
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+PSI_FORMS = ("exp_adv", "ref_weighted")
+
+
+# ----------------------------------------------------------------------------- registries
+
+
+def _registry(kind: str):
+    table: dict[str, Callable] = {}
+
+    def register(name: str) -> Callable[[Callable], Callable]:
+        """Decorator adding a function under `name` (re-registering replaces it, so notebook cells re-run)."""
+
+        def add(fn: Callable) -> Callable:
+            table[name] = fn
+            return fn
+
+        return add
+
+    def get(name: str) -> Callable:
+        """The registered function called `name`; a ValueError lists the registered names otherwise."""
+        if name not in table:
+            raise ValueError(f"Unknown {kind} {name!r}. Registered {kind}es: {', '.join(sorted(table))}. "
+                             f"Fix the config value, or register a new one with @register_{kind}({name!r}).")
+        return table[name]
+
+    return table, register, get
+
+
+LOSSES, register_loss, get_loss = _registry("loss")
+ADVANTAGES, register_advantage, get_advantage = _registry("advantage")
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+class Denoms(NamedTuple):
+    """Global loss denominators of a whole batch (all micro-batches), float32 scalars."""
+
+    tokens: jax.Array  # masked-in response tokens, at least 1
+    seqs: jax.Array  # sequences, at least 1
+    max_len: jax.Array  # response length budget T (Dr.GRPO's constant normaliser)
+
+
+def denoms_of(mask_BxT: jax.Array) -> Denoms:
+    """Denominators of one full batch; max(., 1) makes an all-zero mask aggregate to 0, not NaN."""
+    mask_BxT = jnp.asarray(mask_BxT, jnp.float32)
+    B, T = mask_BxT.shape
+    return Denoms(tokens=jnp.maximum(jnp.sum(mask_BxT), 1.0), seqs=jnp.float32(max(B, 1)), max_len=jnp.float32(T))
+
+
+def agg(x_BxT: jax.Array, mask_BxT: jax.Array, mode: str, denoms: Denoms) -> jax.Array:
+    """Aggregates masked per-token values to a scalar (SPEC §2).
+
+    token-mean:              sum_{i,t} m x / tokens
+    seq-mean-token-mean:     sum_i [sum_t m x / max(sum_t m, 1)] / seqs
+    seq-mean-token-sum-norm: sum_i [sum_t m x / max_len] / seqs            (Dr.GRPO)
+    Each is a sum over sequences divided by global constants, hence additive over micro-batches.
+    """
+    x_BxT = jnp.asarray(x_BxT, jnp.float32)
+    mask_BxT = jnp.asarray(mask_BxT, jnp.float32)
+    masked_BxT = x_BxT * mask_BxT
+    if mode == "token-mean":
+        return jnp.sum(masked_BxT) / denoms.tokens
+    if mode == "seq-mean-token-mean":
+        seq_mean_B = jnp.sum(masked_BxT, axis=1) / jnp.maximum(jnp.sum(mask_BxT, axis=1), 1.0)
+        return jnp.sum(seq_mean_B) / denoms.seqs
+    if mode == "seq-mean-token-sum-norm":
+        return jnp.sum(masked_BxT) / denoms.max_len / denoms.seqs
+    raise ValueError(f"Unknown loss aggregation {mode!r}; set objective.agg to one of {', '.join(AGG_MODES)}.")
+
+
+def _token_mean(x_BxT: jax.Array, mask_BxT: jax.Array, denoms: Denoms) -> jax.Array:
+    # Metrics are token-means over the global token count, so micro-batch metrics sum exactly.
+    return agg(x_BxT, mask_BxT, "token-mean", denoms)
+
+
+# ----------------------------------------------------------------------------- shared pieces
+
+
+def _constants(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """The batch in float32 and stop-gradiented, except "entropy_BxT"."""
+    batch = {k: jnp.asarray(v, jnp.float32) for k, v in batch.items()}
+    # The entropy bonus only acts through a differentiable entropy, so the entropy keeps whatever
+    # gradient path the caller gives it (a stop-gradiented entropy just makes the bonus a constant).
+    return {k: v if k == "entropy_BxT" else jax.lax.stop_gradient(v) for k, v in batch.items()}
+
+
+def _per_token(adv: jax.Array, like_BxT: jax.Array) -> jax.Array:
+    """A per-sequence advantage [B] (or already per-token [B, T]) broadcast to [B, T]."""
+    adv = jnp.asarray(adv, jnp.float32)
+    return jnp.broadcast_to(adv[:, None] if adv.ndim == 1 else adv, like_BxT.shape)
+
+
+def _ratio(logp_BxT: jax.Array, logp_old_BxT: jax.Array) -> jax.Array:
+    """rho_t = exp(clip(lD_t - lOld_t, -20, 20)) (SPEC §3)."""
+    return jnp.exp(jnp.clip(logp_BxT - logp_old_BxT, -_MAX_LOG_RATIO, _MAX_LOG_RATIO))
+
+
+def _clip_ratio(rho_BxT: jax.Array, hp: Any) -> jax.Array:
+    return jnp.clip(rho_BxT, 1.0 - getattr(hp, "eps_low", 0.2), 1.0 + getattr(hp, "eps_high", 0.2))
+
+
+def _ppo_surrogate(rho_BxT: jax.Array, c_BxT: jax.Array, hp: Any) -> jax.Array:
+    """min(rho c, clip(rho, 1 - eps_low, 1 + eps_high) c): the pessimistic PPO bound on rho c."""
+    return jnp.minimum(rho_BxT * c_BxT, _clip_ratio(rho_BxT, hp) * c_BxT)
+
+
+def _k3(logp_BxT: jax.Array, logp_ref_BxT: jax.Array, mask_BxT: jax.Array) -> jax.Array:
+    """k3_t = exp(lR - lD) - (lR - lD) - 1, the unbiased non-negative KL(D || ref) estimator.
+
+    Masked-out tokens (e.g. Nora's windows under handover, where lD can be very low) get
+    lR - lD := 0 *before* the exp, so an overflow there cannot turn into NaN values or gradients.
+    """
+    d_BxT = jnp.where(mask_BxT > 0, logp_ref_BxT - logp_BxT, 0.0)
+    return jnp.exp(d_BxT) - d_BxT - 1.0
+
+
+def psi(adv_BxT_or_B: jax.Array, logp_ref_BxT: jax.Array, hp: Any, form: str | None = None) -> jax.Array:
+    """The oracle advantage weight psi_t [B, T] (SPEC §3), `form` defaulting to hp.psi_form:
+
+    exp_adv      (paper, Formulation 2): psi = exp(A / beta)
+    ref_weighted (released code):        psi = exp(lR_t + tau A - log beta) = pi_ref e^{tau A} / beta
+    The exponent is capped at 60 so float32 never overflows (see _MAX_LOG_PSI).
+    """
+    form = form or getattr(hp, "psi_form", "exp_adv")
+    logp_ref_BxT = jnp.asarray(logp_ref_BxT, jnp.float32)
+    adv_BxT = _per_token(adv_BxT_or_B, logp_ref_BxT)
+    beta = getattr(hp, "beta", 1.0)
+    if form == "exp_adv":
+        log_psi_BxT = adv_BxT / beta
+    elif form == "ref_weighted":
+        log_psi_BxT = logp_ref_BxT + getattr(hp, "tau", 1.0) * adv_BxT - math.log(beta)
+    else:
+        raise ValueError(f"Unknown psi_form {form!r}; set objective.psi_form to one of {', '.join(PSI_FORMS)}.")
+    return jnp.exp(jnp.minimum(log_psi_BxT, _MAX_LOG_PSI))
+
+
+def _finish(pg_loss: jax.Array, logp_BxT: jax.Array, b: dict[str, jax.Array], hp: Any, denoms: Denoms,
+            metrics: dict[str, jax.Array], beta_kl: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """loss = pg_loss + beta_kl agg(k3) - entropy_coef agg(entropy), with the shared metrics.
+
+    pg_loss and loss use the configured aggregation (they are the loss terms); every other
+    metric is a token-mean. All use the global denominators, so they sum over micro-batches.
+    """
+    mask_BxT = b["mask_BxT"]
+    mode = getattr(hp, "agg", "token-mean")
+    k3_BxT = _k3(logp_BxT, b["logp_ref_BxT"], mask_BxT)
+    loss = pg_loss + beta_kl * agg(k3_BxT, mask_BxT, mode, denoms)
+    metrics = {**metrics, "pg_loss": pg_loss, "kl_ref": _token_mean(k3_BxT, mask_BxT, denoms)}
+    if "entropy_BxT" in b:
+        loss = loss - getattr(hp, "entropy_coef", 0.0) * agg(b["entropy_BxT"], mask_BxT, mode, denoms)
+        metrics["entropy"] = _token_mean(b["entropy_BxT"], mask_BxT, denoms)
+    metrics["loss"] = loss
+    return loss, metrics
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+@register_loss("grpo")
+def grpo_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
+              denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """GRPO / PPO-clip (SPEC §3, trains Nora from ref):
+
+    loss = -agg(min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A)) + beta_kl agg(k3).
+    At rho = 1 the gradient is -agg(A grad lD) + beta_kl agg(grad k3). beta_kl defaults to 0.001.
+    """
+    logp_BxT = jnp.asarray(logp_BxT, jnp.float32)
+    b = _constants(batch)
+    mask_BxT = b["mask_BxT"]
+    adv_BxT = _per_token(b["adv_B"], logp_BxT)
+    rho_BxT = _ratio(logp_BxT, b["logp_old_BxT"])
+    unclipped_BxT = rho_BxT * adv_BxT
+    clipped_BxT = _clip_ratio(rho_BxT, hp) * adv_BxT
+    pg_loss = -agg(jnp.minimum(unclipped_BxT, clipped_BxT), mask_BxT, getattr(hp, "agg", "token-mean"), denoms)
+    # The clipped branch is active where the min strictly prefers it (its gradient is then 0).
+    clip_frac = _token_mean(clipped_BxT < unclipped_BxT, mask_BxT, denoms)
+    return _finish(pg_loss, logp_BxT, b, hp, denoms, {"clip_frac": clip_frac}, getattr(hp, "beta_kl", 0.001))
+
+
+@register_loss("dora_clipped")
+def dora_clipped_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
+                      denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Dora, paper Formulation 1 (clipped log-ratio), as a score-function gradient (SPEC §3):
+
+    c_t = sg(min(max(lR_t - lN_t, -delta), u_t)), u_t = lR_t + A / beta (the upper bound wins if u < -delta);
+    credit="return" replaces c_t by sum_{t' >= t, masked in} c_t';
+    loss = -agg(min(rho c, clip(rho, 1 - eps_low, 1 + eps_high) c)), so at rho = 1 the gradient is -agg(c grad lD).
+    """
+    logp_BxT = jnp.asarray(logp_BxT, jnp.float32)
+    b = _constants(batch)
+    mask_BxT = b["mask_BxT"]
+    log_ratio_BxT = b["logp_ref_BxT"] - b["logp_nora_BxT"]
+    upper_BxT = b["logp_ref_BxT"] + _per_token(b["adv_B"], logp_BxT) / getattr(hp, "beta", 1.0)
+    lower = -getattr(hp, "delta", 2.0)
+    lower_clipped_BxT = jnp.maximum(log_ratio_BxT, lower)
+    c_BxT = jnp.minimum(lower_clipped_BxT, upper_BxT)
+    # Disjoint: "high" wherever the upper bound sets c (also when u < -delta), "low" where -delta does.
+    high_BxT = lower_clipped_BxT > upper_BxT
+    low_BxT = (log_ratio_BxT < lower) & ~high_BxT
+    credit = getattr(hp, "credit", "token")
+    if credit == "return":
+        # Reverse cumulative sum over the sequence's own (masked-in) tokens only.
+        c_BxT = jax.lax.cumsum(c_BxT * mask_BxT, axis=1, reverse=True)
+    elif credit != "token":
+        raise ValueError(f"Unknown credit {credit!r}; set objective.credit to 'token' or 'return'.")
+    pg_loss = -agg(_ppo_surrogate(_ratio(logp_BxT, b["logp_old_BxT"]), c_BxT, hp), mask_BxT,
+                   getattr(hp, "agg", "token-mean"), denoms)
+    metrics = {
+        "clip_frac_low": _token_mean(low_BxT, mask_BxT, denoms),
+        "clip_frac_high": _token_mean(high_BxT, mask_BxT, denoms),
+        "log_ratio_mean": _token_mean(log_ratio_BxT, mask_BxT, denoms),
+        "psi_mean": _token_mean(psi(b["adv_B"], b["logp_ref_BxT"], hp), mask_BxT, denoms),
+    }
+    return _finish(pg_loss, logp_BxT, b, hp, denoms, metrics, getattr(hp, "beta_kl", 0.0))
+
+
+@register_loss("dora_indicator")
+def dora_indicator_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
+                        denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Dora, paper Formulation 2 (the default), S = E[1(lR - lN > 0) lD C(psi (lR - lN), delta)] (SPEC §3):
+
+    w_t = sg(1(lR_t - lN_t > 0) clip(psi_t (lR_t - lN_t), -delta, delta));
+    loss = -agg(w min(rho, clip(rho, 1 - eps_low, 1 + eps_high))), so at rho = 1 the gradient is -agg(w grad lD).
+    """
+    logp_BxT = jnp.asarray(logp_BxT, jnp.float32)
+    b = _constants(batch)
+    mask_BxT = b["mask_BxT"]
+    log_ratio_BxT = b["logp_ref_BxT"] - b["logp_nora_BxT"]
+    psi_BxT = psi(b["adv_B"], b["logp_ref_BxT"], hp)
+    gate_BxT = log_ratio_BxT > 0
+    delta = getattr(hp, "delta", 2.0)
+    w_BxT = gate_BxT * jnp.clip(psi_BxT * log_ratio_BxT, -delta, delta)
+    rho_BxT = _ratio(logp_BxT, b["logp_old_BxT"])
+    pg_loss = -agg(w_BxT * jnp.minimum(rho_BxT, _clip_ratio(rho_BxT, hp)), mask_BxT,
+                   getattr(hp, "agg", "token-mean"), denoms)
+    metrics = {
+        "indicator_frac": _token_mean(gate_BxT, mask_BxT, denoms),
+        "weight_mean": _token_mean(w_BxT, mask_BxT, denoms),
+        "psi_mean": _token_mean(psi_BxT, mask_BxT, denoms),
+        "log_ratio_mean": _token_mean(log_ratio_BxT, mask_BxT, denoms),
+    }
+    return _finish(pg_loss, logp_BxT, b, hp, denoms, metrics, getattr(hp, "beta_kl", 0.0))
+
+
+@register_loss("dora_contrastive")
+def dora_contrastive_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
+                          denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Dora, the authors' released contrastive variant (SPEC §3):
+
+    loss = -agg(psi_t (lD_t + sg(lR_t - lN_t))), psi_form defaulting to "ref_weighted" for this loss;
+    on-policy by construction (no ratio), gradient -agg(psi grad lD).
+    """
+    logp_BxT = jnp.asarray(logp_BxT, jnp.float32)
+    b = _constants(batch)
+    mask_BxT = b["mask_BxT"]
+    log_ratio_BxT = b["logp_ref_BxT"] - b["logp_nora_BxT"]
+    psi_BxT = psi(b["adv_B"], b["logp_ref_BxT"], hp, form=getattr(hp, "psi_form", "ref_weighted"))
+    pg_loss = -agg(psi_BxT * (logp_BxT + log_ratio_BxT), mask_BxT, getattr(hp, "agg", "token-mean"), denoms)
+    metrics = {
+        "psi_mean": _token_mean(psi_BxT, mask_BxT, denoms),
+        "log_ratio_mean": _token_mean(log_ratio_BxT, mask_BxT, denoms),
+    }
+    return _finish(pg_loss, logp_BxT, b, hp, denoms, metrics, getattr(hp, "beta_kl", 0.0))
+
+
+# ----------------------------------------------------------------------------- advantages
+
+
+def grpo_advantages(rewards_PxG: jax.Array, norm_by_std: bool = True, ddof: int = 1, eps: float = 1e-6) -> jax.Array:
+    """A_i = (r_i - mean(r)) / (std(r) + eps) within each group (GRPO); no std division for Dr.GRPO.
+
+    A group whose rewards are all equal (including a group of one) gets exactly 0, never NaN:
+    float32 rounding of the mean would otherwise leave tiny residuals that the std division inflates.
+    """
+    rewards_PxG = jnp.asarray(rewards_PxG, jnp.float32)
+    G = rewards_PxG.shape[1]
+    centred_PxG = rewards_PxG - jnp.mean(rewards_PxG, axis=1, keepdims=True)
+    if norm_by_std:
+        # max(G - ddof, 1): a group of one has variance 0 instead of 0/0.
+        std_Px1 = jnp.sqrt(jnp.sum(centred_PxG**2, axis=1, keepdims=True) / max(G - ddof, 1))
+        centred_PxG = centred_PxG / (std_Px1 + eps)
+    all_equal_Px1 = jnp.max(rewards_PxG, axis=1, keepdims=True) == jnp.min(rewards_PxG, axis=1, keepdims=True)
+    return jnp.where(all_equal_Px1, 0.0, centred_PxG)
+
+
+def _check_set_size(N: int, n: int) -> None:
+    if not 1 <= n <= N:
+        raise ValueError(f"Set size {n} must be in [1, N={N}] (N = responses per prompt); "
+                         "fix objective.set_size / objective.k or objective.group_size.")
+
+
+def _subsets(N: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Static index arrays of all C(N, n) subsets [C, n] and their membership matrix [C, N]."""
+    _check_set_size(N, n)
+    idx_Cxn = np.array(list(itertools.combinations(range(N), n)), np.int32)
+    member_CxN = np.zeros((len(idx_Cxn), N), np.float32)
+    np.put_along_axis(member_CxN, idx_Cxn, 1.0, axis=1)
+    return idx_Cxn, member_CxN
+
+
+def set_advantages(f: Callable[[jax.Array, jax.Array | None, int], jax.Array], rewards_PxN: jax.Array,
+                   clusters_PxN: jax.Array | None, n: int) -> jax.Array:
+    """Marginal set advantages (Polychromic Objectives / Poly-EPO, SPEC §3):
+
+    fbar = mean_S f(S) over all C(N, n) subsets S; A_i = mean_{S containing i} (f(S) - fbar).
+    `f([P, C, n] rewards, [P, C, n] clusters or None, n) -> [P, C]` scores all subsets at once.
+    """
+    rewards_PxN = jnp.asarray(rewards_PxN, jnp.float32)
+    N = rewards_PxN.shape[1]
+    idx_Cxn, member_CxN = _subsets(N, n)
+    clusters_PxCxn = None if clusters_PxN is None else jnp.asarray(clusters_PxN)[:, idx_Cxn]
+    scores_PxC = f(rewards_PxN[:, idx_Cxn], clusters_PxCxn, n)
+    centred_PxC = scores_PxC - jnp.mean(scores_PxC, axis=1, keepdims=True)
+    # HIGHEST: TPUs would otherwise run this f32 matmul in bf16.
+    summed_PxN = jnp.einsum("pc,cn->pn", centred_PxC, member_CxN, precision=jax.lax.Precision.HIGHEST)
+    return summed_PxN / math.comb(N - 1, n - 1)  # every i lies in C(N-1, n-1) subsets
+
+
+def poly_epo_score(rewards_PxCxn: jax.Array, clusters_PxCxn: jax.Array, n: int) -> jax.Array:
+    """Poly-EPO set score f(S) = mean_{i in S} r_i * |{c_i : i in S, c_i >= 0}| / n (id -1: no strategy)."""
+    if clusters_PxCxn is None:
+        raise ValueError("poly_epo needs strategy cluster ids per response; the batch has none (clusters=None).")
+    c = clusters_PxCxn
+    # An id counts once, at its first position in the subset: no equal id at an earlier position.
+    earlier_nxn = np.tril(np.ones((n, n), bool), k=-1)  # [j, k] = k < j
+    seen_before_PxCxn = jnp.any((c[..., :, None] == c[..., None, :]) & earlier_nxn[None, None], axis=-1)
+    distinct_PxC = jnp.sum((c >= 0) & ~seen_before_PxCxn, axis=-1)
+    return jnp.mean(rewards_PxCxn, axis=-1) * distinct_PxC / n
+
+
+def pass_at_k_score(rewards_PxCxn: jax.Array, clusters_PxCxn: jax.Array | None, n: int) -> jax.Array:
+    """Pass@k set score f(S) = max_{i in S} r_i (clusters ignored)."""
+    del clusters_PxCxn, n
+    return jnp.max(rewards_PxCxn, axis=-1)
+
+
+def pass_at_k_analytic_advantages(rewards_PxN: jax.Array, k: int) -> jax.Array:
+    """Analytic Pass@k-training advantage (Chen et al. 2025, "Pass@k Training ...", §3.3), rewards binarised at > 0:
+
+    Rbar = 1 - C(N_neg, k) / C(N, k) (the group's pass@k), sigma = sqrt(Rbar (1 - Rbar)),
+    A_pos = (1 - Rbar) / sigma, A_neg = (1 - Rbar - C(N_neg - 1, k - 1) / C(N - 1, k - 1)) / sigma.
+    It equals the pass_at_k set advantage (subsets of size k) divided by sigma; sigma = 0 gives 0.
+    """
+    rewards_PxN = jnp.asarray(rewards_PxN, jnp.float32)
+    N = rewards_PxN.shape[1]
+    _check_set_size(N, k)
+    # Binomial ratios for every possible N_neg, tabulated exactly at trace time (N, k are static).
+    all_neg_N1 = np.array([math.comb(j, k) / math.comb(N, k) for j in range(N + 1)], np.float32)
+    neg_all_neg_N1 = np.array([math.comb(j - 1, k - 1) / math.comb(N - 1, k - 1) if j else 0.0
+                               for j in range(N + 1)], np.float32)
+    correct_PxN = rewards_PxN > 0
+    n_neg_P = N - jnp.sum(correct_PxN, axis=1)
+    pass_k_Px1 = (1.0 - jnp.asarray(all_neg_N1)[n_neg_P])[:, None]
+    sigma_Px1 = jnp.sqrt(pass_k_Px1 * (1.0 - pass_k_Px1))
+    adv_neg_Px1 = 1.0 - pass_k_Px1 - jnp.asarray(neg_all_neg_N1)[n_neg_P][:, None]
+    adv_PxN = jnp.where(correct_PxN, 1.0 - pass_k_Px1, adv_neg_Px1)
+    # sigma = 0 means Rbar is exactly 0 or 1 (exact table entries), where both numerators are exactly 0.
+    return adv_PxN / jnp.where(sigma_Px1 > 0, sigma_Px1, 1.0)
+
+
+@register_advantage("grpo")
+def _grpo(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: Any) -> jax.Array:
+    """GRPO: (r - mean) / (std + eps) per group."""
+    del clusters_PxG, hp
+    return grpo_advantages(rewards_PxG)
+
+
+@register_advantage("dr_grpo")
+def _dr_grpo(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: Any) -> jax.Array:
+    """Dr.GRPO: r - mean per group, no std division."""
+    del clusters_PxG, hp
+    return grpo_advantages(rewards_PxG, norm_by_std=False)
+
+
+@register_advantage("poly_epo")
+def _poly_epo(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: Any) -> jax.Array:
+    """Poly-EPO marginal set advantage, subsets of size hp.set_size (default 4), no std normalisation."""
+    return set_advantages(poly_epo_score, rewards_PxG, clusters_PxG, getattr(hp, "set_size", 4))
+
+
+@register_advantage("pass_at_k")
+def _pass_at_k(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: Any) -> jax.Array:
+    """Pass@k marginal set advantage f(S) = max r, subsets of size hp.set_size (default 4)."""
+    return set_advantages(pass_at_k_score, rewards_PxG, None, getattr(hp, "set_size", 4))
+
+
+@register_advantage("pass_at_k_analytic")
+def _pass_at_k_analytic(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: Any) -> jax.Array:
+    """Chen et al. 2025 analytic Pass@k-training advantage with k = hp.k (default 4)."""
+    del clusters_PxG
+    return pass_at_k_analytic_advantages(rewards_PxG, getattr(hp, "k", 4))

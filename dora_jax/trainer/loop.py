@@ -1,0 +1,190 @@
+"""The trainer: three parameter trees on a mesh, the jitted update, checkpoints, metrics.
+
+    trainer = Trainer(config, workdir)      # restores the newest checkpoint in workdir if any
+    trainer.run(batch_source)               # until config.trainer.num_steps
+
+A batch source produces rollout batches (see `dora_jax.trainer.step` for the fields) and
+can save and restore its position: `next_batch(step) -> dict`, `get_state() -> dict`,
+`set_state(dict)`. Its state is checkpointed with Dora's, so a resumed run sees exactly
+the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import tqdm
+
+from dora_jax import models
+from dora_jax.models import ModelConfig, checkpoint, hf
+from dora_jax.trainer import sharding
+from dora_jax.trainer.state import TrainState, init_state, make_optimizer
+from dora_jax.trainer.step import BATCH_KEYS, jit_update, make_update
+
+
+class BatchSource(Protocol):
+    def next_batch(self, step: int) -> dict[str, np.ndarray]: ...
+    def get_state(self) -> dict: ...
+    def set_state(self, state: dict) -> None: ...
+
+
+class NonFiniteError(FloatingPointError):
+    """A metric became NaN/Inf; training stopped without saving the bad state."""
+
+
+def model_config_from(config) -> ModelConfig:
+    m = config.model
+    return ModelConfig(vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+                       num_layers=m.num_layers, num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
+                       head_dim=m.head_dim, qkv_bias=m.qkv_bias, tie_word_embeddings=m.tie_word_embeddings,
+                       dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
+
+
+def load_policy(path: str, config) -> models.LM:
+    """A dora_jax checkpoint or HF directory, with the config's compute dtype and remat."""
+    lm = checkpoint.load(path) if checkpoint.is_checkpoint(path) else hf.load(path, dtype=config.model.param_dtype)
+    lm.config = lm.config.replace(dtype=config.model.dtype, remat=config.model.remat)
+    return lm
+
+
+class Trainer:
+    """Holds ref and Nora (frozen) and Dora's train state, all laid out on one mesh."""
+
+    def __init__(self, config, workdir: str, devices=None):
+        self.config = config
+        self.workdir = os.path.abspath(workdir)
+        os.makedirs(self.workdir, exist_ok=True)
+        self.mesh = sharding.make_mesh(config.mesh, devices)
+        self.rules = tuple(tuple(r) for r in config.mesh.rules)
+
+        if config.ref_dir:
+            ref = load_policy(config.ref_dir, config)
+            nora = load_policy(config.nora_dir, config) if config.nora_dir else ref
+            self.model_config = ref.config
+            ref_params, nora_params = ref.params, nora.params
+        else:  # random trees: tests and benchmarks
+            self.model_config = model_config_from(config)
+            ref_params = models.init_params(self.model_config, jax.random.key(config.seed + 1))
+            nora_params = models.init_params(self.model_config, jax.random.key(config.seed + 2))
+
+        boxed = models.lm.boxed_shapes(self.model_config)
+        self.param_shardings = sharding.tree_shardings(boxed, self.mesh, self.rules)
+        self.frozen = {"ref": jax.device_put(ref_params, self.param_shardings),
+                       "nora": jax.device_put(nora_params, self.param_shardings)}
+        self.tx = make_optimizer(config.optim, config.trainer.num_steps)
+        abstract_state = jax.eval_shape(lambda p: init_state(p, self.tx, config.seed), boxed)
+        self.state_shardings = sharding.tree_shardings(abstract_state, self.mesh, self.rules)
+        init_params = {"nora": nora_params, "ref": ref_params}[config.dora_init]
+        init = jax.jit(lambda p: init_state(p, self.tx, config.seed), out_shardings=self.state_shardings)
+        # Dora starts as a copy: the frozen tree must not alias the donated train state.
+        self.state: TrainState = init(jax.tree.map(jnp.array, init_params))
+
+        batch_sh = {k: sharding.batch_sharding(self.mesh, self.rules, 2 if k.endswith("BxT") else 1) for k in BATCH_KEYS}
+        update = make_update(self.model_config, config.objective, self.tx, temperature=config.rollout.temperature,
+                             grad_accum=config.optim.grad_accum)
+        self.update = jit_update(update, self.state_shardings, {"ref": self.param_shardings, "nora": self.param_shardings},
+                                 batch_sh)
+        self.batch_shardings = batch_sh
+        self.ckpt = ocp.CheckpointManager(
+            os.path.join(self.workdir, "checkpoints"),
+            options=ocp.CheckpointManagerOptions(max_to_keep=config.trainer.keep_checkpoints, create=True))
+        self.metrics_path = os.path.join(self.workdir, "metrics.jsonl")
+        self._source_state: dict | None = None
+        self._restore()
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def step(self) -> int:
+        return int(jax.device_get(self.state.step))
+
+    def _restore(self) -> None:
+        latest = self.ckpt.latest_step()
+        if latest is None:
+            return
+        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.state,
+                                self.state_shardings)
+        try:
+            restored = self.ckpt.restore(latest, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        except Exception as e:  # orbax raises several types; the message is what matters
+            raise RuntimeError(
+                f"{self.workdir}/checkpoints/{latest}: cannot be restored ({type(e).__name__}: {e}). It was written by "
+                "a run with a different model or optimizer config; use a new --workdir or the original config.") from e
+        self.state = restored["state"]
+        self._source_state = restored["meta"].get("source")
+        self._truncate_metrics(latest)
+        print(f"Resumed from {self.workdir}/checkpoints at step {latest}.")
+
+    def save(self, source: BatchSource | None) -> None:
+        meta = {"step": self.step, "source": source.get_state() if source is not None else None}
+        self.ckpt.save(self.step, args=ocp.args.Composite(state=ocp.args.StandardSave(self.state),
+                                                          meta=ocp.args.JsonSave(meta)), force=True)
+        self.ckpt.wait_until_finished()
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drops metric lines written after the restored checkpoint (they will be recomputed)."""
+        if not os.path.exists(self.metrics_path):
+            return
+        with open(self.metrics_path) as f:
+            keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        with open(self.metrics_path, "w") as f:
+            f.writelines(keep)
+
+    # ------------------------------------------------------------------ training
+    def run(self, source: BatchSource, num_steps: int | None = None) -> list[dict]:
+        """Trains until `num_steps` (default config.trainer.num_steps); returns the metrics written."""
+        num_steps = num_steps or self.config.trainer.num_steps
+        if self._source_state is not None:
+            source.set_state(self._source_state)
+            self._source_state = None
+        start = self.step
+        written: list[dict] = []
+        bar = tqdm.tqdm(total=num_steps, initial=start, desc="train", unit="step",
+                        disable=not self.config.trainer.progress, dynamic_ncols=True)
+        pending = None
+        last_time = time.perf_counter()
+        with open(self.metrics_path, "a") as log:
+            for step in range(start, num_steps):
+                batch = source.next_batch(step)
+                tokens = int(np.sum(batch["mask_BxT"]))
+                self.state, metrics = self.update(self.state, self.frozen, batch)
+                # Read step t-1's metrics only after step t is dispatched: host and device overlap.
+                if pending is not None:
+                    last_time = self._log(log, bar, written, *pending, last_time)
+                pending = (step + 1, metrics, tokens)
+                if (step + 1) % self.config.trainer.checkpoint_every == 0 or step + 1 == num_steps:
+                    last_time = self._log(log, bar, written, *pending, last_time)
+                    pending = None
+                    self.save(source)
+        bar.close()
+        return written
+
+    def _log(self, log, bar, written, step, metrics, tokens, last_time) -> float:
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if bad:
+            latest = self.ckpt.latest_step()
+            kept = (f"the last good checkpoint (step {latest}) in {self.workdir}/checkpoints is kept"
+                    if latest is not None else "no checkpoint had been written yet")
+            raise NonFiniteError(
+                f"step {step}: metric {bad[0]!r} is {values[bad[0]]} (non-finite: {', '.join(sorted(bad))}). Training "
+                f"stopped before saving this state; {kept}. Check the batch at step {step} for NaN/Inf (rewards, "
+                f"behaviour log-probs) and lower config.optim.lr={self.config.optim.lr} if the loss diverged.")
+        now = time.perf_counter()
+        values["perf/step_s"] = now - last_time
+        values["perf/tokens_per_s"] = tokens / max(now - last_time, 1e-9)
+        record = {"step": step, **dict(sorted(values.items()))}
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        written.append(record)
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{values['loss']:.4f}", reward=f"{values['reward/mean']:.3f}")
+        return now

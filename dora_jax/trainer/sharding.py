@@ -1,0 +1,74 @@
+"""Mesh construction and logical-axis -> mesh sharding resolution.
+
+Rules map logical names (from the decoder's parameter metadata) to mesh axes. An axis whose
+size a dimension does not divide is dropped for that dimension (replicated), so one rule
+set serves tiny test models and 7B models alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+Rules = Sequence[tuple[str, Any]]
+
+
+def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}.")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"mesh: {len(devices)} devices are not divisible by the fixed axes {dict(zip(MESH_AXES, sizes))}.")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if int(np.prod(sizes)) != len(devices):
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, {len(devices)} "
+                         "are available. Fix config.mesh (use -1 for one axis to take the rest).")
+    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+
+
+def _mesh_axes(rules: Rules, name: str | None) -> tuple[str, ...]:
+    for logical, mesh_axes in rules:
+        if logical == name:
+            return (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes or ())
+    return ()
+
+
+def resolve_spec(logical: P, shape: Sequence[int], mesh: Mesh, rules: Rules) -> P:
+    """A logical PartitionSpec -> a mesh PartitionSpec valid for `shape` on `mesh`."""
+    used: set[str] = set()
+    out = []
+    for name, dim in zip(tuple(logical) + (None,) * (len(shape) - len(logical)), shape):
+        axes = []
+        size = 1
+        for axis in _mesh_axes(rules, name):
+            if axis in used or mesh.shape[axis] == 1:
+                continue
+            if dim % (size * mesh.shape[axis]) == 0:
+                axes.append(axis)
+                size *= mesh.shape[axis]
+        used.update(axes)
+        out.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
+    return P(*out)
+
+
+def tree_shardings(boxed_abstract: Any, mesh: Mesh, rules: Rules) -> Any:
+    """NamedShardings for an abstract tree whose leaves may carry flax logical-axis boxes."""
+    specs = nn.get_partition_spec(boxed_abstract)
+    shapes = nn.unbox(boxed_abstract)
+    return jax.tree.map(lambda s, x: NamedSharding(mesh, resolve_spec(s, x.shape, mesh, rules)), specs, shapes,
+                        is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_sharding(mesh: Mesh, rules: Rules, ndim: int, leading: int = 0) -> NamedSharding:
+    """Shard the batch axis (after `leading` unsharded axes, e.g. micro-batches) by the `batch` rule."""
+    axes = tuple(a for a in _mesh_axes(rules, "batch") if mesh.shape[a] > 1)
+    batch = None if not axes else axes[0] if len(axes) == 1 else axes
+    return NamedSharding(mesh, P(*([None] * leading), batch, *([None] * (ndim - leading - 1))))

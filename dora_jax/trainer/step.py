@@ -1,0 +1,98 @@
+"""The pure, jitted update: score, objective, gradient accumulation, optimizer step.
+
+A rollout batch is a dict of arrays (B = prompts x group_size sequences, prompt-major):
+
+    tokens_BxT         int32   prompt + response tokens (prompts left-padded)
+    mask_BxT           int32   1 on real tokens (attention mask)
+    response_mask_BxT  float32 1 on tokens Dora is trained on (response; Dora's windows under handover)
+    logp_old_BxT       float32 behaviour-policy log-probs recorded by the sampler (0 off the response)
+    rewards_B          float32 scalar reward per sequence
+    clusters_B         int32   strategy id per sequence (-1 = none), for set advantages
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from dora_jax import objectives, scoring
+from dora_jax.models import ModelConfig
+from dora_jax.trainer.state import TrainState
+
+BATCH_KEYS = ("tokens_BxT", "mask_BxT", "response_mask_BxT", "logp_old_BxT", "rewards_B", "clusters_B")
+# Objective metric -> the stable metrics.jsonl name of SPEC §9.
+_STABLE_NAMES = {"psi_mean": "psi/mean", "indicator_frac": "indicator/frac"}
+
+
+def make_update(model_config: ModelConfig, objective_cfg, tx: optax.GradientTransformation, *, temperature: float,
+                grad_accum: int) -> Callable[[TrainState, dict, dict], tuple[TrainState, dict]]:
+    """Builds `update(state, frozen, batch) -> (state, metrics)`; `frozen` = {"ref": p, "nora": p}."""
+    loss_fn = objectives.get_loss(objective_cfg.loss)
+    advantage_fn = objectives.get_advantage(objective_cfg.advantage)
+    G = objective_cfg.group_size
+
+    def micro_loss(params, frozen, mb, denoms):
+        ref = scoring.token_logprobs(model_config, {"ref": frozen["ref"]}, mb["tokens_BxT"], mb["mask_BxT"],
+                                     temperature=temperature, kl=None, entropy_of=())["ref"]
+        scores = scoring.token_logprobs(model_config, {"dora": params, "nora": frozen["nora"]}, mb["tokens_BxT"],
+                                        mb["mask_BxT"], temperature=temperature)
+        resp = mb["response_mask_BxT"]
+        loss_batch = jax.lax.stop_gradient({"mask_BxT": resp, "logp_old_BxT": mb["logp_old_BxT"],
+                                            "logp_ref_BxT": ref, "logp_nora_BxT": scores["nora"], "adv_B": mb["adv_B"]})
+        loss_batch["entropy_BxT"] = scores["entropy/dora"]  # differentiable: the entropy bonus acts through it
+        loss, metrics = loss_fn(scores["dora"], loss_batch, objective_cfg, denoms)
+        metrics = {f"objective/{k}": v for k, v in metrics.items()}
+        kl = jax.lax.stop_gradient(scores["kl/dora_nora"]) * resp
+        metrics["kl/dora_nora_token"] = jnp.sum(kl) / denoms.tokens
+        metrics["kl/dora_nora_seq"] = jnp.sum(kl) / denoms.seqs
+        metrics["entropy"] = jnp.sum(jax.lax.stop_gradient(scores["entropy/dora"]) * resp) / denoms.tokens
+        return loss, metrics
+
+    def update(state: TrainState, frozen: dict, batch: dict) -> tuple[TrainState, dict]:
+        B = batch["rewards_B"].shape[0]
+        rewards_PxG = batch["rewards_B"].reshape(B // G, G)
+        clusters_PxG = batch["clusters_B"].reshape(B // G, G)
+        adv_B = advantage_fn(rewards_PxG, clusters_PxG, objective_cfg).reshape(B)
+        denoms = objectives.denoms_of(batch["response_mask_BxT"])
+        inputs = {k: batch[k] for k in ("tokens_BxT", "mask_BxT", "response_mask_BxT", "logp_old_BxT")}
+        inputs["adv_B"] = adv_B
+        # [M, B/M, ...]: micro-batches scanned in order; sums of their grads are exact
+        # because every loss term is divided by the full batch's denominators.
+        micro = jax.tree.map(lambda x: x.reshape(grad_accum, B // grad_accum, *x.shape[1:]), inputs)
+        grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+        def accumulate(carry, mb):
+            (loss, metrics), grads = grad_fn(state.params, frozen, mb, denoms)
+            return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
+
+        zero_metrics = jax.eval_shape(lambda: grad_fn(state.params, frozen, jax.tree.map(lambda x: x[0], micro),
+                                                      denoms)[0][1])
+        zeros = (jnp.zeros((), jnp.float32), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_metrics),
+                 jax.tree.map(jnp.zeros_like, state.params))
+        (loss, metrics, grads), _ = jax.lax.scan(accumulate, zeros, micro)
+
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics.update({_STABLE_NAMES[k.split("/", 1)[1]]: v for k, v in metrics.items()
+                        if k.split("/", 1)[-1] in _STABLE_NAMES})
+        metrics.update({
+            "loss": loss,
+            "grad_norm": optax.tree.norm(grads),
+            "update_norm": optax.tree.norm(updates),
+            "reward/mean": jnp.mean(batch["rewards_B"]),
+            "advantage/abs_mean": jnp.mean(jnp.abs(adv_B)),
+            "response_length/mean": jnp.sum(batch["response_mask_BxT"]) / B,
+        })
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return update
+
+
+def jit_update(update, state_shardings, frozen_shardings, batch_shardings):
+    """Jitted update with explicit in/out shardings; the old state's buffers are donated."""
+    return jax.jit(update, in_shardings=(state_shardings, frozen_shardings, batch_shardings),
+                   out_shardings=(state_shardings, None), donate_argnums=(0,))
+

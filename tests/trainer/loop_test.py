@@ -1,0 +1,149 @@
+"""Trainer invariants: sharded == unsharded, exact accumulation, kill/resume, NaN guard."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from configs import common
+from dora_jax.testing import RandomRollouts
+from dora_jax.trainer import NonFiniteError, Trainer
+
+SHAPE = dict(vocab_size=64, prompts=4, group_size=4, prompt_len=6, response_len=8)
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+
+
+def smoke_config(**trainer):
+    c = common.get_config()
+    c.model.update(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                   head_dim=8, tie_word_embeddings=False)
+    c.objective.group_size = SHAPE["group_size"]
+    c.optim.lr = 1e-3
+    c.trainer.update({"num_steps": 3, "checkpoint_every": 100, "progress": False, **trainer})
+    return c
+
+
+def _one_update(config, devices, workdir, loss="dora_indicator"):
+    config.objective.loss = loss
+    trainer = Trainer(config, workdir, devices=devices)
+    batch = RandomRollouts(seed=3, **SHAPE).next_batch(0)
+    state, metrics = trainer.update(trainer.state, trainer.frozen, batch)
+    return trainer, jax.device_get(state.params), jax.device_get(metrics)
+
+
+@pytest.mark.parametrize("loss", ["dora_indicator", "grpo"])
+def test_sharded_update_equals_single_device(tmp_path, loss):
+    assert jax.device_count() >= 8, "tests/conftest.py sets 8 simulated CPU devices"
+    single = smoke_config()
+    single.mesh.update(data=1, fsdp=1, tensor=1)
+    _, p1, m1 = _one_update(single, jax.devices()[:1], tmp_path / "a", loss)
+    sharded = smoke_config()
+    sharded.mesh.update(data=2, fsdp=2, tensor=2)
+    trainer, p8, m8 = _one_update(sharded, jax.devices()[:8], tmp_path / "b", loss)
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    for k in m1:
+        np.testing.assert_allclose(m1[k], m8[k], rtol=1e-6, atol=1e-5, err_msg=k)  # grad_norm ~20: f32 ulps
+    # The layout is what config.mesh.rules say: embed->fsdp, heads/kv_heads/mlp/vocab->tensor.
+    sh = jax.tree.map(lambda x: x.sharding.spec, trainer.state.params)
+    assert sh["layers"]["attn"]["q_kernel"] == P(None, "fsdp", "tensor", None)
+    assert sh["layers"]["attn"]["k_kernel"] == P(None, "fsdp", "tensor", None)
+    assert sh["layers"]["attn"]["o_kernel"] == P(None, "tensor", None, "fsdp")
+    assert sh["layers"]["mlp"]["down_kernel"] == P(None, "tensor", "fsdp")
+    assert sh["embedding"] == P("tensor", "fsdp")
+    assert sh["lm_head"] == P("fsdp", "tensor")
+    assert sh["final_norm"]["scale"] == P(None)
+    mu = trainer.state.opt_state[1][0].mu  # Adam moments are laid out like the params
+    assert mu["layers"]["mlp"]["gate_kernel"].sharding.spec == P(None, "fsdp", "tensor")
+    assert trainer.frozen["nora"]["embedding"].sharding.spec == P("tensor", "fsdp")
+
+
+def test_gradient_accumulation_is_exact(tmp_path):
+    for agg in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
+        results = []
+        for accum in (1, 4):
+            c = smoke_config()
+            c.objective.agg = agg
+            c.optim.grad_accum = accum
+            c.mesh.update(data=1)
+            results.append(_one_update(c, jax.devices()[:1], tmp_path / f"{agg}{accum}"))
+        for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1])):
+            np.testing.assert_allclose(a, b, atol=1e-5)  # Adam divides by sqrt(v): f32 ulps of tiny grads grow
+        for k in results[0][2]:
+            np.testing.assert_allclose(results[0][2][k], results[1][2][k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+_CHILD = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, {root!r})
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    from tests.trainer.loop_test import SHAPE, smoke_config
+    from dora_jax.testing import RandomRollouts
+    from dora_jax.trainer import Trainer
+    c = smoke_config(num_steps=8, checkpoint_every=4)
+    c.mesh.update(data=2)
+    Trainer(c, sys.argv[1]).run(RandomRollouts(seed=5, **SHAPE))
+""")
+
+
+def _metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return {r["step"]: {k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows}
+
+
+def test_sigkill_and_resume_reproduces_uninterrupted_run(tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD.format(root=os.path.abspath(ROOT)))
+    full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
+    subprocess.run([sys.executable, str(script), full], check=True, capture_output=True)
+
+    # Kill the second run as soon as its step-4 checkpoint is on disk.
+    proc = subprocess.Popen([sys.executable, str(script), killed], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not os.path.isdir(os.path.join(killed, "checkpoints", "4")) and time.time() < deadline:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert os.path.isdir(os.path.join(killed, "checkpoints", "4"))
+    subprocess.run([sys.executable, str(script), killed], check=True, capture_output=True)
+
+    a, b = _metrics(full), _metrics(killed)
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for step in (5, 6, 7, 8):
+        for k in a[step]:
+            assert a[step][k] == pytest.approx(b[step][k], rel=1e-6, abs=1e-7), (step, k)
+
+
+class _PoisonAt(RandomRollouts):
+    def __init__(self, bad_step, **kw):
+        super().__init__(**kw)
+        self.bad_step = bad_step
+
+    def next_batch(self, step):
+        batch = super().next_batch(step)
+        if step == self.bad_step:
+            batch["logp_old_BxT"][0, -1] = np.nan
+            batch["response_mask_BxT"][0, -1] = 1.0
+        return batch
+
+
+def test_nan_stops_with_step_and_metric_and_keeps_checkpoint(tmp_path):
+    c = smoke_config(num_steps=6, checkpoint_every=2)
+    c.mesh.update(data=1)
+    trainer = Trainer(c, str(tmp_path), devices=jax.devices()[:1])
+    with pytest.raises(NonFiniteError, match=r"step 4: metric '[\w/]+' is nan.*last good checkpoint \(step 2\)"):
+        trainer.run(_PoisonAt(bad_step=3, seed=1, **SHAPE))
+    again = Trainer(c, str(tmp_path), devices=jax.devices()[:1])
+    assert again.step == 2
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(again.state.params))
