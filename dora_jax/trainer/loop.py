@@ -92,7 +92,6 @@ class Trainer:
                              grad_accum=config.optim.grad_accum)
         self.update = jit_update(update, self.state_shardings, {"ref": self.param_shardings, "nora": self.param_shardings},
                                  batch_sh)
-        self.batch_shardings = batch_sh
         self.ckpt = ocp.CheckpointManager(
             os.path.join(self.workdir, "checkpoints"),
             options=ocp.CheckpointManagerOptions(max_to_keep=config.trainer.keep_checkpoints, create=True))

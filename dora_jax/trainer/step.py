@@ -76,8 +76,8 @@ def make_update(model_config: ModelConfig, objective_cfg, tx: optax.GradientTran
 
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics.update({_STABLE_NAMES[k.split("/", 1)[1]]: v for k, v in metrics.items()
-                        if k.split("/", 1)[-1] in _STABLE_NAMES})
+        metrics.update({stable: metrics[f"objective/{name}"] for name, stable in _STABLE_NAMES.items()
+                        if f"objective/{name}" in metrics})
         metrics.update({
             "loss": loss,
             "grad_norm": optax.tree.norm(grads),
