@@ -42,10 +42,15 @@ PSI_FORMS = ("exp_adv", "ref_weighted")
 def _registry(kind: str):
     table: dict[str, Callable] = {}
 
-    def register(name: str) -> Callable[[Callable], Callable]:
-        """Decorator adding a function under `name` (re-registering replaces it, so notebook cells re-run)."""
+    def register(name: str, uses: tuple[str, ...] = ("ref", "nora")) -> Callable[[Callable], Callable]:
+        """Decorator adding a function under `name` (re-registering replaces it, so notebook cells re-run).
+
+        `uses` names the frozen trees whose log-probs the function reads (losses only): the
+        trainer skips scoring the others, e.g. `register_loss("sft", uses=())`.
+        """
 
         def add(fn: Callable) -> Callable:
+            fn.uses = tuple(uses)
             table[name] = fn
             return fn
 
@@ -192,7 +197,18 @@ def _finish(pg_loss: jax.Array, logp_BxT: jax.Array, b: dict[str, jax.Array], hp
 # ----------------------------------------------------------------------------- losses
 
 
-@register_loss("grpo")
+@register_loss("sft", uses=())
+def sft_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
+             denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Supervised fine-tuning (builds pi_ref): loss = agg(-lD), the masked negative log-likelihood."""
+    logp_BxT = jnp.asarray(logp_BxT, jnp.float32)
+    mask_BxT = jax.lax.stop_gradient(jnp.asarray(batch["mask_BxT"], jnp.float32))
+    loss = agg(-logp_BxT, mask_BxT, getattr(hp, "agg", "token-mean"), denoms)
+    return loss, {"nll": _token_mean(-logp_BxT, mask_BxT, denoms), "loss": loss}
+
+
+# GRPO reads the reference only through its k3 term; the trainer scores ref when beta_kl > 0.
+@register_loss("grpo", uses=())
 def grpo_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
               denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
     """GRPO / PPO-clip (SPEC §3, trains Nora from ref):

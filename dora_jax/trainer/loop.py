@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +34,8 @@ class BatchSource(Protocol):
     def next_batch(self, step: int) -> dict[str, np.ndarray]: ...
     def get_state(self) -> dict: ...
     def set_state(self, state: dict) -> None: ...
+    # Optional: `publish(params, step)` receives Dora's parameters after every update (and the
+    # initial ones), so a sampler can roll out the current policy; `close()` stops it.
 
 
 class NonFiniteError(FloatingPointError):
@@ -82,7 +84,10 @@ class Trainer:
         self.tx = make_optimizer(config.optim, config.trainer.num_steps)
         abstract_state = jax.eval_shape(lambda p: init_state(p, self.tx, config.seed), boxed)
         self.state_shardings = sharding.tree_shardings(abstract_state, self.mesh, self.rules)
-        init_params = {"nora": nora_params, "ref": ref_params}[config.dora_init]
+        if config.dora_init not in ("nora", "ref", "random"):
+            raise ValueError(f"config.dora_init={config.dora_init!r}: use 'nora', 'ref' or 'random'.")
+        init_params = {"nora": nora_params, "ref": ref_params}.get(config.dora_init) or models.init_params(
+            self.model_config, jax.random.key(config.seed))
         init = jax.jit(lambda p: init_state(p, self.tx, config.seed), out_shardings=self.state_shardings)
         # Dora starts as a copy: the frozen tree must not alias the donated train state.
         self.state: TrainState = init(jax.tree.map(jnp.array, init_params))
@@ -96,6 +101,7 @@ class Trainer:
             os.path.join(self.workdir, "checkpoints"),
             options=ocp.CheckpointManagerOptions(max_to_keep=config.trainer.keep_checkpoints, create=True))
         self.metrics_path = os.path.join(self.workdir, "metrics.jsonl")
+        self.samples_path = os.path.join(self.workdir, "samples.jsonl")
         self._source_state: dict | None = None
         self._restore()
 
@@ -119,7 +125,8 @@ class Trainer:
                 "a run with a different model or optimizer config; use a new --workdir or the original config.") from e
         self.state = restored["state"]
         self._source_state = restored["meta"].get("source")
-        self._truncate_metrics(latest)
+        for path in (self.metrics_path, self.samples_path):
+            _truncate_jsonl(path, latest)
         print(f"Resumed from {self.workdir}/checkpoints at step {latest}.")
 
     def save(self, source: BatchSource | None) -> None:
@@ -128,37 +135,51 @@ class Trainer:
                                                           meta=ocp.args.JsonSave(meta)), force=True)
         self.ckpt.wait_until_finished()
 
-    def _truncate_metrics(self, step: int) -> None:
-        """Drops metric lines written after the restored checkpoint (they will be recomputed)."""
-        if not os.path.exists(self.metrics_path):
-            return
-        with open(self.metrics_path) as f:
-            keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-        with open(self.metrics_path, "w") as f:
-            f.writelines(keep)
+    def export(self, out_dir: str) -> None:
+        """Writes Dora's current parameters as a dora_jax model checkpoint (loadable as ref_dir / nora_dir)."""
+        checkpoint.save(out_dir, self.model_config.replace(dtype=self.config.model.param_dtype, remat=False),
+                        jax.device_get(self.state.params))
 
     # ------------------------------------------------------------------ training
-    def run(self, source: BatchSource, num_steps: int | None = None) -> list[dict]:
-        """Trains until `num_steps` (default config.trainer.num_steps); returns the metrics written."""
+    def run(self, source: BatchSource, num_steps: int | None = None,
+            evaluate: Callable[[Any, int], dict[str, float]] | None = None, eval_every: int = 0,
+            desc: str = "train") -> list[dict]:
+        """Trains until `num_steps` (default config.trainer.num_steps); returns the metrics written.
+
+        `evaluate(params, step) -> {"eval/...": value}` runs on the initial parameters, every
+        `eval_every` updates and after the last one; its values join that step's metrics line.
+        """
         num_steps = num_steps or self.config.trainer.num_steps
         if self._source_state is not None:
             source.set_state(self._source_state)
             self._source_state = None
+        publish = getattr(source, "publish", None)
         start = self.step
         written: list[dict] = []
-        bar = tqdm.tqdm(total=num_steps, initial=start, desc="train", unit="step",
+        bar = tqdm.tqdm(total=num_steps, initial=start, desc=desc, unit="step",
                         disable=not self.config.trainer.progress, dynamic_ncols=True)
+
+        def eval_due(step: int) -> dict:
+            due = evaluate is not None and (step == num_steps or (eval_every and step % eval_every == 0))
+            return evaluate(self.state.params, step) if due else {}
+
         pending = None
         last_time = time.perf_counter()
         with open(self.metrics_path, "a") as log:
+            if start == 0 and evaluate is not None:
+                self._write(log, written, {"step": 0, **evaluate(self.state.params, 0)})
+            if publish is not None:
+                publish(self.state.params, start)
             for step in range(start, num_steps):
                 batch = source.next_batch(step)
                 tokens = int(np.sum(batch["mask_BxT"]))
                 self.state, metrics = self.update(self.state, self.frozen, batch)
+                if publish is not None:
+                    publish(self.state.params, step + 1)
                 # Read step t-1's metrics only after step t is dispatched: host and device overlap.
                 if pending is not None:
                     last_time = self._log(log, bar, written, *pending, last_time)
-                pending = (step + 1, metrics, tokens)
+                pending = (step + 1, metrics, tokens, eval_due(step + 1))
                 if (step + 1) % self.config.trainer.checkpoint_every == 0 or step + 1 == num_steps:
                     last_time = self._log(log, bar, written, *pending, last_time)
                     pending = None
@@ -166,7 +187,13 @@ class Trainer:
         bar.close()
         return written
 
-    def _log(self, log, bar, written, step, metrics, tokens, last_time) -> float:
+    @staticmethod
+    def _write(log, written: list[dict], record: dict) -> None:
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        written.append(record)
+
+    def _log(self, log, bar, written, step, metrics, tokens, extra, last_time) -> float:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         bad = [k for k, v in values.items() if not math.isfinite(v)]
         if bad:
@@ -180,10 +207,21 @@ class Trainer:
         now = time.perf_counter()
         values["perf/step_s"] = now - last_time
         values["perf/tokens_per_s"] = tokens / max(now - last_time, 1e-9)
-        record = {"step": step, **dict(sorted(values.items()))}
-        log.write(json.dumps(record) + "\n")
-        log.flush()
-        written.append(record)
+        values.update(extra)
+        self._write(log, written, {"step": step, **dict(sorted(values.items()))})
         bar.update(step - bar.n)
-        bar.set_postfix(loss=f"{values['loss']:.4f}", reward=f"{values['reward/mean']:.3f}")
+        postfix = {"loss": f"{values['loss']:.4f}", "reward": f"{values['reward/mean']:.3f}"}
+        if "eval/accuracy" in values:
+            postfix["eval"] = f"{values['eval/accuracy']:.3f}"
+        bar.set_postfix(postfix)
         return now
+
+
+def _truncate_jsonl(path: str, step: int) -> None:
+    """Drops lines written after the restored checkpoint's step (they will be recomputed)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(path, "w") as f:
+        f.writelines(keep)

@@ -34,20 +34,30 @@ def make_update(model_config: ModelConfig, objective_cfg, tx: optax.GradientTran
     advantage_fn = objectives.get_advantage(objective_cfg.advantage)
     G = objective_cfg.group_size
 
+    # Score only the frozen trees the loss reads: SFT and GRPO (beta_kl = 0) need neither.
+    uses = getattr(loss_fn, "uses", ("ref", "nora"))
+    uses_ref = "ref" in uses or getattr(objective_cfg, "beta_kl", 0.0) > 0
+    uses_nora = "nora" in uses
+
     def micro_loss(params, frozen, mb, denoms):
-        ref = scoring.token_logprobs(model_config, {"ref": frozen["ref"]}, mb["tokens_BxT"], mb["mask_BxT"],
-                                     temperature=temperature, kl=None, entropy_of=())["ref"]
-        scores = scoring.token_logprobs(model_config, {"dora": params, "nora": frozen["nora"]}, mb["tokens_BxT"],
-                                        mb["mask_BxT"], temperature=temperature)
+        trees = {"dora": params, **({"nora": frozen["nora"]} if uses_nora else {})}
+        scores = scoring.token_logprobs(model_config, trees, mb["tokens_BxT"], mb["mask_BxT"], temperature=temperature)
+        own = jax.lax.stop_gradient(scores["dora"])  # stands in for an unscored tree: zero KL, zero log-ratio
+        ref = own
+        if uses_ref:
+            ref = scoring.token_logprobs(model_config, {"ref": frozen["ref"]}, mb["tokens_BxT"], mb["mask_BxT"],
+                                         temperature=temperature, kl=None, entropy_of=())["ref"]
         resp = mb["response_mask_BxT"]
         loss_batch = jax.lax.stop_gradient({"mask_BxT": resp, "logp_old_BxT": mb["logp_old_BxT"],
-                                            "logp_ref_BxT": ref, "logp_nora_BxT": scores["nora"], "adv_B": mb["adv_B"]})
+                                            "logp_ref_BxT": ref, "logp_nora_BxT": scores.get("nora", own),
+                                            "adv_B": mb["adv_B"]})
         loss_batch["entropy_BxT"] = scores["entropy/dora"]  # differentiable: the entropy bonus acts through it
         loss, metrics = loss_fn(scores["dora"], loss_batch, objective_cfg, denoms)
         metrics = {f"objective/{k}": v for k, v in metrics.items()}
-        kl = jax.lax.stop_gradient(scores["kl/dora_nora"]) * resp
-        metrics["kl/dora_nora_token"] = jnp.sum(kl) / denoms.tokens
-        metrics["kl/dora_nora_seq"] = jnp.sum(kl) / denoms.seqs
+        if uses_nora:
+            kl = jax.lax.stop_gradient(scores["kl/dora_nora"]) * resp
+            metrics["kl/dora_nora_token"] = jnp.sum(kl) / denoms.tokens
+            metrics["kl/dora_nora_seq"] = jnp.sum(kl) / denoms.seqs
         metrics["entropy"] = jnp.sum(jax.lax.stop_gradient(scores["entropy/dora"]) * resp) / denoms.tokens
         return loss, metrics
 
