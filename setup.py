@@ -9,7 +9,7 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["dora_jax", "dora_jax.*"]),
+    packages=setuptools.find_packages(include=["dora_jax", "dora_jax.*", "configs"]),
     install_requires=[
         "jax>=0.6.0,<0.11",
         "flax>=0.10.6,<0.13",

@@ -7,14 +7,32 @@ Each field has a one-line comment with its meaning and units. Configs return an
 import ml_collections
 
 
+def variants(arg) -> set[str]:
+    """The comma-separated variant names of `--config=configs/x.py:VARIANT[,VARIANT]`."""
+    return {v.strip() for v in (arg or "").split(",") if v.strip()}
+
+
+def build_arg(arg) -> str:
+    """The variants a config passes to the configs that build its ref / Nora (only `smoke`)."""
+    return "smoke" if "smoke" in variants(arg) else ""
+
+
 def get_config(arg=None):
-    del arg
+    del arg  # variants are applied by finish(), after a config's own settings
     c = ml_collections.ConfigDict()
     c.seed = 0  # seeds parameter init, data order and sampling
+    c.name = "dora"  # the policy this config trains: "ref" | "nora" | "dora" (labels reports and the cache)
+
+    # Task: the embedded Countdown world (SPEC §7), generated from its seed, nothing downloaded.
+    c.task = ml_collections.ConfigDict()
+    c.task.name = "countdown"
+    c.task.seed = 0  # problem generation and the disjoint SFT / RL / held-out split
+    c.task.num_problems = 3000  # distinct problems before the 55/30/15 split
+    c.task.sft_samples_per_problem = 8  # solutions per SFT problem, templates drawn by their corpus weights
 
     # Model
     c.model = ml_collections.ConfigDict()
-    c.model.vocab_size = 64  # tokens (embedded task's tokenizer size, or the HF config's)
+    c.model.vocab_size = 0  # tokens; 0 = the task tokenizer's size (a loaded ref_dir brings its own)
     c.model.hidden_size = 128  # model width D
     c.model.intermediate_size = 384  # SwiGLU width F
     c.model.num_layers = 3  # decoder layers L
@@ -78,6 +96,27 @@ def get_config(arg=None):
     # Rollout
     c.rollout = ml_collections.ConfigDict()
     c.rollout.temperature = 1.0  # sampling temperature; the scorer divides logits by the same value
+    c.rollout.top_p = 1.0  # nucleus sampling mass (1 = off; log-probs stay those of the full distribution)
+    c.rollout.top_k = 0  # keep the k most likely tokens (0 = off)
+    c.rollout.max_new_tokens = 10  # response budget in tokens (the longest Countdown answer is 8 + <eos>)
+    c.rollout.prompts_per_step = 64  # prompts per update; the batch is prompts_per_step x group_size sequences
+    c.rollout.mode = "inline"  # inline: sample in the learner (Colab) | process: a separate sampler process
+    c.rollout.sync_every = 1  # process mode: updates between parameter pushes to the sampler
+    c.rollout.max_staleness = 0  # process mode: drop batches sampled more than this many updates ago (0 = on-policy)
+    c.rollout.queue_size = 2  # process mode: batches the sampler may run ahead
+    c.rollout.samples_every = 10  # updates between sampled-text dumps to samples.jsonl (one group each)
+
+    # Evaluation on held-out problems
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every = 10  # updates between quick evaluations (eval/* metrics; 0 = only at the end)
+    c.eval.quick_problems = 128  # held-out problems in a quick evaluation (one sample each at the rollout temperature)
+    c.eval.samples = 16  # samples per held-out problem in the final evaluation (pass@k for k <= samples)
+    c.eval.max_problems = 0  # cap on held-out problems in the final evaluation (0 = all)
+
+    # Pipeline: on the embedded task, missing ref / Nora checkpoints are built by these configs and cached.
+    c.cache_dir = "~/.cache/dora_jax"  # where built ref / Nora checkpoints are kept, keyed by their config
+    c.build = ml_collections.ConfigDict()  # .ref / .nora: configs that build a missing ref_dir / nora_dir
+    c.sweep = ""  # "objective.beta=0.01,0.1,1": one run per value under workdir/<field>=<value>, then overlays
 
     # Trainer
     c.trainer = ml_collections.ConfigDict()
@@ -85,4 +124,42 @@ def get_config(arg=None):
     c.trainer.checkpoint_every = 20  # updates between checkpoints (and at the end)
     c.trainer.keep_checkpoints = 2  # newest checkpoints kept on disk
     c.trainer.progress = True  # tqdm progress bar with ETA
+    c.trainer.stop_kl = 0.0  # stop once KL(Dora || Nora) per token exceeds this many nats (0 = never)
+
+    # SFT (configs/ref_sft.py): batches of corpus examples instead of rollouts.
+    c.sft = ml_collections.ConfigDict()
+    c.sft.batch_size = 256  # sequences per update
+
     return c
+
+
+def finish(c: ml_collections.ConfigDict, arg=None) -> ml_collections.ConfigDict:
+    """Applies the variants every config shares; call last in a config's get_config.
+
+    `smoke`: tiny and fast, for tests. `seeds`: three independent pipelines (seed 0, 1, 2,
+    ref and Nora rebuilt per seed) with a mean ± std table in WORKDIR/sweep.md.
+    """
+    if "smoke" in variants(arg):
+        smoke(c)
+    if "seeds" in variants(arg):
+        c.sweep = "seed=0,1,2"
+    return c
+
+
+def smoke(c: ml_collections.ConfigDict) -> None:
+    """Shrinks a config so the whole pipeline runs in the test suite in seconds per stage."""
+    c.trainer.num_steps = 4
+    c.task.num_problems = 400
+    c.task.sft_samples_per_problem = 4
+    c.model.hidden_size = 64
+    c.model.intermediate_size = 128
+    c.model.num_layers = 2
+    c.model.head_dim = 16
+    c.rollout.prompts_per_step = 8
+    c.eval.every = 2
+    c.eval.quick_problems = 16
+    c.eval.samples = 8
+    c.eval.max_problems = 16
+    c.sft.batch_size = 64
+    c.trainer.checkpoint_every = 4
+    c.trainer.progress = False

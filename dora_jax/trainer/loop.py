@@ -103,6 +103,7 @@ class Trainer:
         self.metrics_path = os.path.join(self.workdir, "metrics.jsonl")
         self.samples_path = os.path.join(self.workdir, "samples.jsonl")
         self._source_state: dict | None = None
+        self.stopped_early: str | None = None  # why training stopped before num_steps (kept in checkpoints)
         self._restore()
 
     # ------------------------------------------------------------------ checkpoints
@@ -125,12 +126,14 @@ class Trainer:
                 "a run with a different model or optimizer config; use a new --workdir or the original config.") from e
         self.state = restored["state"]
         self._source_state = restored["meta"].get("source")
+        self.stopped_early = restored["meta"].get("stopped_early")
         for path in (self.metrics_path, self.samples_path):
             _truncate_jsonl(path, latest)
         print(f"Resumed from {self.workdir}/checkpoints at step {latest}.")
 
     def save(self, source: BatchSource | None) -> None:
-        meta = {"step": self.step, "source": source.get_state() if source is not None else None}
+        meta = {"step": self.step, "source": source.get_state() if source is not None else None,
+                "stopped_early": self.stopped_early}
         self.ckpt.save(self.step, args=ocp.args.Composite(state=ocp.args.StandardSave(self.state),
                                                           meta=ocp.args.JsonSave(meta)), force=True)
         self.ckpt.wait_until_finished()
@@ -155,6 +158,9 @@ class Trainer:
             self._source_state = None
         publish = getattr(source, "publish", None)
         start = self.step
+        if self.stopped_early:
+            print(f"Not training further: {self.stopped_early}")
+            return []
         written: list[dict] = []
         bar = tqdm.tqdm(total=num_steps, initial=start, desc=desc, unit="step",
                         disable=not self.config.trainer.progress, dynamic_ncols=True)
@@ -163,6 +169,16 @@ class Trainer:
             due = evaluate is not None and (step == num_steps or (eval_every and step % eval_every == 0))
             return evaluate(self.state.params, step) if due else {}
 
+        try:
+            self._train(source, start, num_steps, publish, eval_due, evaluate, bar, written)
+        finally:
+            bar.close()
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+        return written
+
+    def _train(self, source, start, num_steps, publish, eval_due, evaluate, bar, written) -> None:
         pending = None
         last_time = time.perf_counter()
         with open(self.metrics_path, "a") as log:
@@ -172,6 +188,7 @@ class Trainer:
                 publish(self.state.params, start)
             for step in range(start, num_steps):
                 batch = source.next_batch(step)
+                host_metrics = batch.pop("host_metrics", {})  # e.g. the rollout's validity, computed on the host
                 tokens = int(np.sum(batch["mask_BxT"]))
                 self.state, metrics = self.update(self.state, self.frozen, batch)
                 if publish is not None:
@@ -179,13 +196,25 @@ class Trainer:
                 # Read step t-1's metrics only after step t is dispatched: host and device overlap.
                 if pending is not None:
                     last_time = self._log(log, bar, written, *pending, last_time)
-                pending = (step + 1, metrics, tokens, eval_due(step + 1))
-                if (step + 1) % self.config.trainer.checkpoint_every == 0 or step + 1 == num_steps:
+                pending = (step + 1, metrics, tokens, {**host_metrics, **eval_due(step + 1)})
+                stop = self._check_stop(written[-1] if written else {})
+                if stop or (step + 1) % self.config.trainer.checkpoint_every == 0 or step + 1 == num_steps:
                     last_time = self._log(log, bar, written, *pending, last_time)
                     pending = None
                     self.save(source)
-        bar.close()
-        return written
+                if stop:
+                    tqdm.tqdm.write(self.stopped_early)
+                    break
+
+    def _check_stop(self, record: dict) -> bool:
+        """The KL cap: Dora far from Nora stops being a useful explorer (it forgets the task itself)."""
+        cap = self.config.trainer.get("stop_kl", 0.0)
+        kl = record.get("kl/dora_nora_token")
+        if cap and kl is not None and kl > cap and self.stopped_early is None:
+            self.stopped_early = (f"stopped at step {self.step}: KL(Dora || Nora) = {kl:.3f} nats per token at step "
+                                  f"{record['step']} exceeded config.trainer.stop_kl = {cap} (set it to 0 to train on).")
+            return True
+        return False
 
     @staticmethod
     def _write(log, written: list[dict], record: dict) -> None:

@@ -1,0 +1,15 @@
+"""Dora, paper Formulation 1 (clipped log-ratio), initialised from Nora.
+
+    python launch/train.py --config=configs/clipped.py [--workdir=runs/clipped]
+
+Same pipeline and report as configs/indicator.py, so the two formulations compare side by side.
+"""
+
+from configs import indicator
+
+
+def get_config(arg=None):
+    c = indicator.get_config(arg)
+    c.objective.loss = "dora_clipped"  # c_t = min(max(lR - lN, -delta), lR + A / beta)
+    c.objective.credit = "token"
+    return c

@@ -1,0 +1,13 @@
+"""Dora, the released code's contrastive variant (psi = pi_ref e^{tau A} / beta), initialised from Nora.
+
+    python launch/train.py --config=configs/contrastive.py [--workdir=runs/contrastive]
+"""
+
+from configs import indicator
+
+
+def get_config(arg=None):
+    c = indicator.get_config(arg)
+    c.objective.loss = "dora_contrastive"
+    c.objective.psi_form = "ref_weighted"
+    return c

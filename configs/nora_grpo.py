@@ -1,0 +1,28 @@
+"""Nora, the exploitation policy: GRPO from pi_ref on problems the SFT corpus never contained.
+
+    python launch/train.py --config=configs/nora_grpo.py --workdir=runs/nora
+
+GRPO raises pass@1 and collapses each problem's strategy distribution (pass@8 falls on
+problems only rare strategies solve). `configs/indicator.py` builds and caches it when missing.
+"""
+
+from configs import common, ref_sft
+
+
+def get_config(arg=None):
+    c = common.get_config()
+    c.name = "nora"
+    c.dora_init = "ref"
+    c.build.ref = ref_sft.get_config(common.build_arg(arg))
+
+    # Objective
+    c.objective.loss = "grpo"
+    c.objective.beta_kl = 0.0  # no pull toward ref: let the collapse happen, as RL fine-tuning does
+
+    # Optimizer: 3e-4 is stable here; 1e-3 collapses to invalid output.
+    c.optim.lr = 3e-4
+
+    # Trainer
+    c.trainer.num_steps = 150
+    c.trainer.checkpoint_every = 50
+    return common.finish(c, arg)

@@ -1,0 +1,70 @@
+"""Tasks as the pipeline sees them: splits, prompts, rewards and strategy labels in one object.
+
+    task = make_task(config.task)
+    prompt_BxP, mask_BxP = task.prompts(problems)
+    rewards_B, valid_B, strategy_B = task.score(problems, response_BxN)   # G responses per problem
+
+The embedded Countdown world (SPEC §7) is the default; a task is anything with these members.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dora_jax.data import countdown
+from dora_jax.rewards import countdown as countdown_reward
+
+
+class CountdownTask:
+    """Countdown with disjoint SFT / RL / held-out problem splits, all generated from `cfg.seed`."""
+
+    name = "countdown"
+    strategy_names = tuple(t.name for t in countdown.TEMPLATES)
+    rare_strategies = tuple(i for i, w in enumerate(countdown.SFT_WEIGHTS) if w <= countdown.RARE_MAX_WEIGHT)
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.tokenizer = countdown.TOKENIZER
+        self.splits = countdown.split(countdown.make_problems(cfg.seed, cfg.num_problems))
+        self.prompt_len = countdown.PROMPT_LEN
+        self.stop_ids = (self.tokenizer.eos_id,)
+        self.pad_id = self.tokenizer.pad_id
+        self.vocab_size = self.tokenizer.vocab_size
+        solvable = countdown.solvable_matrix(self.splits["eval"])
+        common = np.asarray(countdown.SFT_WEIGHTS) > countdown.RARE_MAX_WEIGHT
+        self.eval_rare_only = ~np.any(solvable & common, axis=1)  # held-out problems only rare templates solve
+
+    def problems(self, split: str, start: int, count: int, seed: int) -> list:
+        """`count` problems of `split` from position `start` of an endless stream of seeded shuffled epochs."""
+        pool = self.splits[split]
+        out = []
+        for position in range(start, start + count):
+            epoch, index = divmod(position, len(pool))
+            order = np.random.default_rng([seed, epoch]).permutation(len(pool))
+            out.append(pool[order[index]])
+        return out
+
+    def prompts(self, problems) -> tuple[np.ndarray, np.ndarray]:
+        return countdown.encode_prompts(problems, self.tokenizer)
+
+    def score(self, problems, responses_BxN: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rewards_B, valid_B, strategy_B) of G responses per problem (prompt-major)."""
+        return countdown_reward.score_batch(problems, list(np.asarray(responses_BxN)), self.tokenizer)
+
+    def sft_examples(self, seed: int) -> list[tuple[list[int], list[int], int]]:
+        return countdown.sft_corpus(self.splits["sft"], seed, self.cfg.sft_samples_per_problem)
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(ids)
+
+    def describe(self) -> dict:
+        return {split: countdown.describe(problems) for split, problems in self.splits.items()}
+
+
+TASKS = {"countdown": CountdownTask}
+
+
+def make_task(cfg):
+    if cfg.name not in TASKS:
+        raise ValueError(f"config.task.name={cfg.name!r} is not a known task; use one of {', '.join(TASKS)}.")
+    return TASKS[cfg.name](cfg)

@@ -1,0 +1,111 @@
+"""Sampling-based evaluation of policies and mixtures on held-out problems (SPEC §8).
+
+    evaluator = Evaluator(task, model_config, config)
+    evaluator.quick(params, step)                  # {"eval/accuracy": ..., ...}, a few seconds
+    results = evaluator.final({"ref": p, "nora": p, "dora": p})
+    summary = summarize(results, task)             # pass@k per policy and mixture, diversity
+
+Every policy is sampled with the same per-row keys (common random numbers), so differences
+between policies are not sampling noise of the key stream.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import tqdm
+
+from dora_jax.eval import passk
+from dora_jax.rollout.sampler import sample
+from dora_jax.rollout.source import row_keys
+
+QUICK_SAMPLES = 4  # samples per problem in a quick evaluation (enough for a per-problem strategy entropy)
+
+
+class Evaluator:
+    def __init__(self, task, model_config, config):
+        self.task, self.model_config, self.config = task, model_config, config
+        # Every sampler call has the training batch's row count, so evaluation reuses its compiled program.
+        self.rows = config.rollout.prompts_per_step * config.objective.group_size
+        problems = task.splits["eval"]
+        if config.eval.max_problems:
+            problems = problems[: config.eval.max_problems]
+        self.problems = problems
+
+    def sample(self, params, problems, n: int, seed: int, desc: str | None = None) -> dict[str, np.ndarray]:
+        """n samples per problem: {"correct", "valid", "strategy", "length"} arrays [len(problems), n]."""
+        c, rows = self.config, self.rows
+        prompt_QxP, mask_QxP = self.task.prompts(problems)
+        prompt_BxP, mask_BxP = np.repeat(prompt_QxP, n, axis=0), np.repeat(mask_QxP, n, axis=0)
+        total = len(prompt_BxP)
+        chunks = -(-total // rows)
+        pad = chunks * rows - total
+        prompt_BxP = np.concatenate([prompt_BxP, np.repeat(prompt_BxP[-1:], pad, axis=0)])
+        mask_BxP = np.concatenate([mask_BxP, np.repeat(mask_BxP[-1:], pad, axis=0)])
+        tokens, lengths = [], []
+        for i in tqdm.trange(chunks, desc=desc, disable=desc is None or not c.trainer.progress, leave=False):
+            sl = slice(i * rows, (i + 1) * rows)
+            out = sample(self.model_config, (params,), prompt_BxP[sl], mask_BxP[sl], row_keys(seed, i, rows),
+                         max_new_tokens=c.rollout.max_new_tokens, temperature=c.rollout.temperature,
+                         top_p=c.rollout.top_p, top_k=c.rollout.top_k, stop_ids=self.task.stop_ids,
+                         pad_id=self.task.pad_id)
+            tokens.append(np.asarray(out.tokens_BxN))
+            lengths.append(np.asarray(out.lengths_B))
+        tokens_BxN = np.concatenate(tokens)[:total]
+        rewards, valid, strategy = self.task.score(problems, tokens_BxN)
+        shape = (len(problems), n)
+        return {"correct": (rewards > 0).reshape(shape), "valid": valid.reshape(shape),
+                "strategy": strategy.reshape(shape), "length": np.concatenate(lengths)[:total].reshape(shape)}
+
+    def quick(self, params, step: int) -> dict[str, float]:
+        """A cheap held-out estimate for the training curves."""
+        del step
+        problems = self.problems[: self.config.eval.quick_problems]
+        r = self.sample(params, problems, QUICK_SAMPLES, seed=self.config.seed + 10_000)
+        return {"eval/accuracy": float(r["correct"].mean()), "eval/valid_frac": float(r["valid"].mean()),
+                "eval/strategy_entropy": passk.strategy_entropy(r["strategy"])}
+
+    def final(self, params_by_policy: dict) -> dict[str, dict[str, np.ndarray]]:
+        n = self.config.eval.samples
+        return {name: self.sample(params, self.problems, n, seed=self.config.seed + 20_000,
+                                  desc=f"eval {name} ({len(self.problems)} problems x {n})")
+                for name, params in params_by_policy.items()}
+
+
+def _policy_summary(r: dict[str, np.ndarray], task) -> dict:
+    correct, strategy = r["correct"], r["strategy"]
+    P, n = correct.shape
+    c_P = correct.sum(1)
+    ks = passk.ks_up_to(n)
+    rare = getattr(task, "eval_rare_only", None)
+    out = {
+        "accuracy": float(correct.mean()),
+        "valid_frac": float(r["valid"].mean()),
+        "pass@k": {str(k): float(np.mean(passk.pass_at_k(n, c_P, k))) for k in ks},
+        "strategy_entropy": passk.strategy_entropy(strategy),
+        "correct_strategy_entropy": passk.strategy_entropy(strategy, correct),
+        "distinct_correct_strategies": passk.distinct_correct_strategies(strategy, correct),
+        "strategy_counts": {name: int(np.sum(strategy == i)) for i, name in enumerate(task.strategy_names)},
+        "response_length": float(r["length"].mean()),
+    }
+    out["strategy_counts"]["invalid/other"] = int(np.sum(strategy < 0))
+    if rare is not None and len(rare) == P and rare.any():
+        k = min(8, n)
+        out["rare_only"] = {"problems": int(rare.sum()), f"pass@{k}": float(np.mean(passk.pass_at_k(n, c_P[rare], k)))}
+    return out
+
+
+def summarize(results: dict[str, dict[str, np.ndarray]], task) -> dict:
+    """eval.json's content: per-policy pass@k and diversity, and mixed pass@k of every pair (k/2 samples each)."""
+    summary = {"policies": {name: _policy_summary(r, task) for name, r in results.items()}, "mixtures": {}}
+    # Newest policy first (dora+nora, dora+ref, nora+ref), the paper's naming.
+    for a, b in itertools.combinations(list(results)[::-1], 2):
+        ca, cb = results[a]["correct"], results[b]["correct"]
+        n_a, n_b = ca.shape[1], cb.shape[1]
+        pass_k = {str(k): float(np.mean(passk.mixed_pass_at_k(n_a, ca.sum(1), k // 2, n_b, cb.sum(1), k // 2)))
+                  for k in passk.ks_up_to(min(n_a, n_b) * 2) if k >= 2 and k // 2 <= min(n_a, n_b)}
+        summary["mixtures"][f"{a}+{b}"] = {"pass@k": pass_k}
+    any_result = next(iter(results.values()))
+    summary["num_problems"], summary["samples_per_problem"] = any_result["correct"].shape
+    return summary

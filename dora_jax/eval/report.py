@@ -1,0 +1,133 @@
+"""report.md: the paper's Table 1 and Table 2 analogues, diversity, and the phenomenon checks."""
+
+from __future__ import annotations
+
+import os
+
+# Display order and labels of policies and mixtures in the tables.
+_LABEL = {"ref": "Ref", "nora": "Nora", "dora": "Dora"}
+_TABLE2 = ("ref", "nora", "dora", "dora+nora", "dora+ref", "nora+ref")
+
+
+def critic_score(records: list[dict], last: int = 10) -> float | None:
+    """Mean training reward over the last `last` updates (the paper's critic score)."""
+    values = [r["reward/mean"] for r in records if "reward/mean" in r][-last:]
+    return sum(values) / len(values) if values else None
+
+
+def fmt(x, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _label(name: str) -> str:
+    return "+".join(_LABEL.get(part, part) for part in name.split("+"))
+
+
+def _lookup(summary: dict, name: str, k: int):
+    entry = summary["policies"].get(name)
+    if entry is None:
+        a, b = name.split("+") if "+" in name else (name, "")
+        entry = summary["mixtures"].get(name) or summary["mixtures"].get(f"{b}+{a}")
+    return None if entry is None else entry["pass@k"].get(str(k))
+
+
+def checks(summary: dict, kl: float | None) -> list[tuple[str, bool, str]]:
+    """The paper's phenomenon as measurable statements: (claim, holds, measured)."""
+    p = summary["policies"]
+    out = []
+    if "ref" in p and "nora" in p:
+        r, n = p["ref"]["strategy_entropy"], p["nora"]["strategy_entropy"]
+        out.append(("Nora's per-problem strategy entropy <= 60% of Ref's (mode collapse)", n <= 0.6 * r,
+                    f"{n:.3f} vs {r:.3f} bits ({n / max(r, 1e-9):.0%})"))
+    if "dora" in p and "nora" in p:
+        if kl is not None:
+            out.append(("KL(Dora || Nora) > 0.1 nats per token", kl > 0.1, f"{kl:.3f}"))
+        d, n = p["dora"]["accuracy"], p["nora"]["accuracy"]
+        out.append(("Dora's accuracy >= 70% of Nora's", d >= 0.7 * n, f"{d:.3f} vs {n:.3f} ({d / max(n, 1e-9):.0%})"))
+        k = 8 if "8" in p["nora"]["pass@k"] else max(int(x) for x in p["nora"]["pass@k"])
+        dn, n8 = _lookup(summary, "dora+nora", k), p["nora"]["pass@k"][str(k)]
+        if dn is not None:
+            out.append((f"Dora+Nora pass@{k} > Nora pass@{k}", dn > n8, f"{dn:.3f} vs {n8:.3f}"))
+        nr = _lookup(summary, "nora+ref", k)
+        if dn is not None and nr is not None:
+            out.append((f"Dora+Nora pass@{k} > Nora+Ref pass@{k} (Dora found what Ref does not offer)", dn > nr,
+                        f"{dn:.3f} vs {nr:.3f}"))
+    return out
+
+
+def write_report(workdir: str, config, summary: dict, records: list[dict], critic: dict[str, float | None],
+                 timing: dict[str, float]) -> str:
+    """Writes workdir/report.md and returns its text."""
+    p = summary["policies"]
+    k8 = 8 if all("8" in e["pass@k"] for e in p.values()) else min(max(int(x) for x in e["pass@k"]) for e in p.values())
+    kl = next((r["kl/dora_nora_token"] for r in reversed(records) if "kl/dora_nora_token" in r), None)
+    lines = [f"# {config.name}: {config.objective.loss} on {config.task.name}", "",
+             f"Held-out problems: {summary['num_problems']}, {summary['samples_per_problem']} samples each at "
+             f"temperature {config.rollout.temperature}. Updates: {config.trainer.num_steps}, lr {config.optim.lr}"
+             + (f", beta {config.objective.beta}, delta {config.objective.delta}"
+                if config.objective.loss.startswith("dora") else "") + "."
+             + (f" Training {summary['stopped_early']}" if summary.get("stopped_early") else ""), "",
+             "## Table 1: accuracy and critic score", "",
+             "| policy | accuracy (pass@1) | critic score | valid answers |", "|---|---|---|---|"]
+    for name, e in p.items():
+        lines.append(f"| {_label(name)} | {e['accuracy']:.3f} | {fmt(critic.get(name))} | {e['valid_frac']:.3f} |")
+    cols = [c for c in _TABLE2 if _lookup(summary, c, k8) is not None]
+    lines += ["", f"## Table 2: pass@{k8}", "", "| " + " | ".join(_label(c) for c in cols) + " |",
+              "|" + "---|" * len(cols), "| " + " | ".join(f"{_lookup(summary, c, k8):.3f}" for c in cols) + " |"]
+    lines += ["", "## Strategy diversity", "",
+              "| policy | per-problem strategy entropy (bits) | of correct samples | distinct correct strategies "
+              f"| rare-only problems pass@{k8} |", "|---|---|---|---|---|"]
+    for name, e in p.items():
+        rare = e.get("rare_only", {})
+        lines.append(f"| {_label(name)} | {e['strategy_entropy']:.3f} | {e['correct_strategy_entropy']:.3f} | "
+                     f"{e['distinct_correct_strategies']:.2f} | {fmt(rare.get(f'pass@{k8}'))} "
+                     f"({rare.get('problems', 0)} problems) |")
+    ks = sorted({int(k) for e in [*p.values(), *summary["mixtures"].values()] for k in e["pass@k"]})
+    lines += ["", "## pass@k", "", "| policy | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    for name, e in [*p.items(), *summary["mixtures"].items()]:
+        lines.append(f"| {_label(name)} | " + " | ".join(fmt(e["pass@k"].get(str(k))) for k in ks) + " |")
+    found = checks(summary, kl)
+    if found:
+        lines += ["", "## The phenomenon, measured", "", "| claim | holds | measured |", "|---|---|---|"]
+        lines += [f"| {claim} | {'yes' if ok else 'no'} | {measured} |" for claim, ok, measured in found]
+    lines += ["", "## Wall time", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in timing.items()]
+    lines += ["", "Figures: " + ", ".join(f"`figures/{f}`" for f in sorted(os.listdir(os.path.join(workdir, "figures")))
+                                          if f.endswith(".png")) if os.path.isdir(os.path.join(workdir, "figures"))
+              else "", ""]
+    text = "\n".join(lines)
+    with open(os.path.join(workdir, "report.md"), "w") as f:
+        f.write(text)
+    return text
+
+
+def _last(records: list[dict], key: str):
+    return next((r[key] for r in reversed(records) if key in r), None)
+
+
+def sweep_table(field: str, summaries: dict[str, dict], runs: dict[str, list[dict]], name: str) -> str:
+    """sweep.md: one row per run, then mean and standard deviation over the runs."""
+    columns = {  # column -> value from (summary, records)
+        "Ref pass@8": lambda s, r: _lookup(s, "ref", 8),
+        "Nora pass@1": lambda s, r: _lookup(s, "nora", 1),
+        "Nora pass@8": lambda s, r: _lookup(s, "nora", 8),
+        f"{_label(name)} pass@1": lambda s, r: _lookup(s, name, 1),
+        f"{_label(name)} pass@8": lambda s, r: _lookup(s, name, 8),
+        f"{_label(name)}+Nora pass@8": lambda s, r: _lookup(s, f"{name}+nora", 8),
+        "Nora+Ref pass@8": lambda s, r: _lookup(s, "nora+ref", 8),
+        "Ref entropy": lambda s, r: s["policies"].get("ref", {}).get("strategy_entropy"),
+        "Nora entropy": lambda s, r: s["policies"].get("nora", {}).get("strategy_entropy"),
+        f"{_label(name)} entropy": lambda s, r: s["policies"].get(name, {}).get("strategy_entropy"),
+        "KL(Dora||Nora)": lambda s, r: _last(r, "kl/dora_nora_token"),
+    }
+    rows = {label: [fn(summaries[label], runs[label]) for fn in columns.values()] for label in summaries}
+    lines = [f"# Sweep of {field}", "", "| run | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    lines += [f"| {label} | " + " | ".join(fmt(v) for v in values) + " |" for label, values in rows.items()]
+    stats = []
+    for i in range(len(columns)):
+        values = [v[i] for v in rows.values() if v[i] is not None]
+        mean = sum(values) / len(values) if values else None
+        std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5 if values else None
+        stats.append(f"{fmt(mean)} ± {fmt(std)}" if values else "n/a")
+    lines.append("| mean ± std | " + " | ".join(stats) + " |")
+    return "\n".join(lines) + "\n"

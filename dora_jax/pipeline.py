@@ -1,0 +1,183 @@
+"""One config, end to end: build missing policies, train, evaluate, report (SPEC §9).
+
+    summary = pipeline.run(config, workdir)
+
+On the embedded task a config names how to build its ref and Nora (`config.build.ref`,
+`config.build.nora`); a missing checkpoint is built once into `config.cache_dir`, keyed by
+a hash of the building config, and reused by every later run. A run resumes from its
+workdir, so an interrupted pipeline picks up where it stopped, stage by stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import time
+
+from dora_jax.data.sft import SFTBatches
+from dora_jax.data.tasks import make_task
+from dora_jax.eval import plots, report
+from dora_jax.eval.evaluate import Evaluator, summarize
+from dora_jax.models import checkpoint
+from dora_jax.rollout.process import ProcessRollouts
+from dora_jax.rollout.source import InlineRollouts
+from dora_jax.trainer import Trainer
+
+POLICY_DIR = "policy"  # the trained policy, exported as a model checkpoint inside the workdir
+
+
+def run(config, workdir: str) -> dict:
+    """Trains `config` in `workdir` and writes eval.json, report.md and figures/; returns the eval summary."""
+    if config.sweep:
+        return sweep(config, workdir)
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    config = copy.deepcopy(config)
+    timing: dict[str, float] = {}
+    for role in ("ref", "nora"):
+        if not config[f"{role}_dir"] and role in config.build:
+            start = time.perf_counter()
+            config[f"{role}_dir"], built = build_policy(config.build[role], config.cache_dir)
+            timing[f"build {role}" if built else f"{role} (cached)"] = time.perf_counter() - start
+    task = make_task(config.task)
+    if config.model.vocab_size == 0:
+        config.model.vocab_size = task.vocab_size
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+    start = time.perf_counter()
+    trainer = Trainer(config, workdir)
+    if trainer.model_config.vocab_size != task.vocab_size:
+        raise ValueError(f"the model's vocabulary ({trainer.model_config.vocab_size}) does not match the "
+                         f"{task.name} tokenizer ({task.vocab_size}): ref_dir={config.ref_dir!r} was built for another "
+                         "task; point ref_dir / nora_dir at checkpoints of this task or leave them empty to build them.")
+    P, N = task.prompt_len, config.rollout.max_new_tokens
+    if config.objective.loss == "sft":
+        source = SFTBatches(task.sft_examples(config.seed), config.sft.batch_size, config.seed, P, N)
+    elif config.rollout.mode == "inline":
+        source = InlineRollouts(task, trainer.model_config, config, trainer.samples_path)
+    elif config.rollout.mode == "process":
+        source = ProcessRollouts(trainer.model_config, config, trainer.samples_path)
+    else:
+        raise ValueError(f"config.rollout.mode={config.rollout.mode!r}: use 'inline' or 'process'.")
+    evaluator = Evaluator(task, trainer.model_config, config)
+    trainer.run(source, evaluate=evaluator.quick, eval_every=config.eval.every, desc=f"train {config.name}")
+    _export(trainer, os.path.join(workdir, POLICY_DIR))
+    timing[f"train {config.name}"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    policies = {name: trainer.frozen[name] for name in ("ref", "nora") if config[f"{name}_dir"]}
+    policies[config.name] = trainer.state.params
+    summary = summarize(evaluator.final(policies), task)
+    timing["final evaluation"] = time.perf_counter() - start
+    records = plots.read_metrics(workdir)
+    critic = {name: _built_critic_score(config[f"{name}_dir"]) for name in policies if name != config.name}
+    critic[config.name] = report.critic_score(records) if config.objective.loss != "sft" else None
+    summary.update(timing=timing, critic_score=critic, stopped_early=trainer.stopped_early)
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    figures = os.path.join(workdir, "figures")
+    plots.plot_curves({config.name: records}, figures)
+    plots.plot_eval(summary, figures)
+    text = report.write_report(workdir, config, summary, records, critic, timing)
+    print(text)
+    return summary
+
+
+def build_policy(build_config, cache_dir: str) -> tuple[str, bool]:
+    """(checkpoint dir, built now?) of the policy `build_config` trains, training it if not cached."""
+    build_config = copy.deepcopy(build_config)
+    build_config.cache_dir = cache_dir
+    workdir = os.path.join(os.path.abspath(os.path.expanduser(cache_dir)), f"{build_config.name}-{cache_key(build_config)}")
+    policy = os.path.join(workdir, POLICY_DIR)
+    if checkpoint.is_checkpoint(policy):
+        print(f"Using the cached {build_config.name} policy {policy}")
+        return policy, False
+    print(f"No {build_config.name} checkpoint given (config.{build_config.name}_dir is empty): building it into "
+          f"{workdir} once; later runs reuse it.")
+    run(build_config, workdir)
+    return policy, True
+
+
+def cache_key(config) -> str:
+    """Hash of everything that changes a built policy (not where it is cached or how progress is shown)."""
+    c = copy.deepcopy(config)
+    c.cache_dir, c.trainer.progress = "", True
+    return hashlib.sha256(c.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _export(trainer: Trainer, out_dir: str) -> None:
+    """Writes the policy next to its final name, then renames, so a half-written export is never used."""
+    tmp = out_dir + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.export(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+
+
+def _built_critic_score(policy_dir: str) -> float | None:
+    """The critic score of a policy this pipeline trained by RL (None for SFT or foreign checkpoints)."""
+    workdir = os.path.dirname(os.path.abspath(policy_dir))
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):
+        return None
+    with open(config_path) as f:
+        if json.load(f)["objective"]["loss"] == "sft":
+            return None
+    return report.critic_score(plots.read_metrics(workdir))
+
+
+def evaluate_policies(config, policy_dirs: dict[str, str], out_dir: str) -> dict:
+    """pass@k of each policy (checkpoint or HF dir) and of every pair on the held-out split; writes eval.json."""
+    from dora_jax.trainer.loop import load_policy
+
+    task = make_task(config.task)
+    loaded = {name: load_policy(path, config) for name, path in policy_dirs.items()}
+    model_config = next(iter(loaded.values())).config
+    summary = summarize(Evaluator(task, model_config, config).final({n: lm.params for n, lm in loaded.items()}), task)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "eval.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    plots.plot_eval(summary, os.path.join(out_dir, "figures"))
+    return summary
+
+
+def sweep(config, workdir: str) -> dict:
+    """One run per value of `config.sweep` ("field=v1,v2,..."), then overlay figures and sweep.md.
+
+    Sweeping `seed` reseeds the built ref and Nora too, so each seed is an independent pipeline.
+    """
+    field, _, values = config.sweep.partition("=")
+    if not field or not values:
+        raise ValueError(f"config.sweep={config.sweep!r}: write it as 'section.field=v1,v2,...', "
+                         "e.g. 'objective.beta=0.01,0.1,1' or 'seed=0,1,2'.")
+    section = config
+    for part in field.split(".")[:-1]:
+        section = section[part]
+    kind = type(section[field.split(".")[-1]])
+    summaries, runs = {}, {}
+    for value in values.split(","):
+        c = copy.deepcopy(config)
+        c.sweep = ""
+        for target in _with_builds(c) if field == "seed" else [c]:
+            target.update_from_flattened_dict({field: kind(value)})
+        label = f"{field.split('.')[-1]}={value}"
+        summaries[label] = run(c, os.path.join(workdir, label))
+        runs[label] = plots.read_metrics(os.path.join(workdir, label))
+    plots.plot_curves(runs, os.path.join(workdir, "figures"))
+    text = report.sweep_table(field, summaries, runs, config.name)
+    with open(os.path.join(workdir, "sweep.md"), "w") as f:
+        f.write(text)
+    print(text)
+    return {"runs": summaries}
+
+
+def _with_builds(config) -> list:
+    """The config and every config nested in its `build` section, recursively."""
+    out = [config]
+    for built in config.build.values():
+        out += _with_builds(built)
+    return out

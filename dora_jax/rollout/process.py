@@ -1,0 +1,217 @@
+"""`rollout.mode = "process"`: the sampler in its own OS process with its own JAX runtime.
+
+    learner                                   sampler process
+    publish(params, v) --shared memory-->     newest params with version >= n - max_staleness
+    next_batch(n)      <--bounded queue---    batch n (rewards computed here, on its host side)
+
+Weights travel through one shared-memory block per slot: the learner copies every leaf
+into it (a single memcpy per leaf, no pickling of the tree) and sends only the version
+number; the sampler copies them out under the slot's lock. Two slots let the learner
+write version v + 1 while the sampler still reads v. Batches carry the version that
+sampled them; one older than `max_staleness` updates is dropped and counted, and its
+behaviour log-probs let the loss importance-correct the ones that are used. With
+max_staleness = 0 every batch n is sampled with exactly the parameters after n updates,
+so the rollouts equal `InlineRollouts`'.
+
+A sampler that dies (exception or signal) makes `next_batch` raise `SamplerDiedError`
+with its traceback or exit signal within about a second; nothing hangs.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import queue
+import signal
+import time
+import traceback
+from multiprocessing import shared_memory
+
+import jax
+import numpy as np
+
+from dora_jax.models import ModelConfig, param_shapes
+from dora_jax.rollout.source import HostSide, RolloutMaker
+
+_POLL_S = 0.5  # how often a blocked side checks that the other is alive
+
+
+class SamplerDiedError(RuntimeError):
+    """The sampler process exited; the message holds its traceback or exit signal."""
+
+
+class _Layout:
+    """Byte offsets of every parameter leaf in one slot, from the model config alone (both sides agree)."""
+
+    def __init__(self, model_config: ModelConfig):
+        shapes = param_shapes(model_config)
+        self.leaves, self.treedef = jax.tree.flatten(shapes)
+        self.offsets, offset = [], 0
+        for leaf in self.leaves:
+            offset = -(-offset // 64) * 64  # 64-byte aligned views
+            self.offsets.append(offset)
+            offset += math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+        self.slot_bytes = -(-offset // 64) * 64 + 64  # + the version header
+
+    def views(self, buf, slot: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        base = slot * self.slot_bytes
+        version = np.ndarray((1,), np.int64, buf, base + self.slot_bytes - 64)
+        return version, [np.ndarray(leaf.shape, leaf.dtype, buf, base + off)
+                         for leaf, off in zip(self.leaves, self.offsets)]
+
+
+def _sampler_main(config_json: str, model_config_json: str, shm_name: str, locks, versions, batches, start: int,
+                  parent: int):
+    """The sampler process: wait for fresh enough params, make batch n, put it on the queue, repeat."""
+    import json
+
+    import ml_collections
+
+    from dora_jax.data.tasks import make_task
+
+    shm = None
+    try:
+        config = ml_collections.ConfigDict(json.loads(config_json))
+        model_config = ModelConfig.from_json_dict(json.loads(model_config_json))
+        layout = _Layout(model_config)
+        shm = shared_memory.SharedMemory(name=shm_name)
+        maker = RolloutMaker(make_task(config.task), model_config, config)
+        newest, params, loaded = -1, None, -1
+        position = start
+        while True:
+            need = position - config.rollout.max_staleness
+            while True:  # read version notices: block until one is fresh enough, then take the newest
+                blocking = newest < need
+                try:
+                    message = versions.get(timeout=_POLL_S) if blocking else versions.get_nowait()
+                except queue.Empty:
+                    if not blocking:
+                        break
+                    if os.getppid() != parent:  # the learner is gone: nobody will read our batches
+                        return
+                    continue
+                if message is None:
+                    return
+                newest = max(newest, message)
+            if newest > loaded:
+                slot = newest % 2
+                with locks[slot]:
+                    version, leaves = layout.views(shm.buf, slot)
+                    loaded = int(version[0])
+                    params = jax.tree.unflatten(layout.treedef, [jax.device_put(np.array(x)) for x in leaves])
+                    del version, leaves  # release the views so the block can close
+            batch = maker.make(position, params)
+            batch["version"] = loaded
+            while True:
+                try:
+                    batches.put(batch, timeout=_POLL_S)
+                    break
+                except queue.Full:
+                    if os.getppid() != parent:
+                        return
+            position += 1
+    except BaseException:  # report anything, then exit non-zero
+        batches.put({"error": traceback.format_exc()})
+        raise
+    finally:
+        if shm is not None:
+            shm.close()
+
+
+class ProcessRollouts:
+    """A `BatchSource` fed by a sampler process; `publish` pushes Dora's parameters to it."""
+
+    def __init__(self, model_config: ModelConfig, config, samples_path: str | None = None):
+        r = config.rollout
+        if r.sync_every < 1 or r.max_staleness < r.sync_every - 1:
+            raise ValueError(f"config.rollout.sync_every={r.sync_every}, max_staleness={r.max_staleness}: parameters "
+                             "published every sync_every updates are up to sync_every - 1 updates old, so set "
+                             "max_staleness >= sync_every - 1 (and sync_every >= 1).")
+        self.model_config, self.config = model_config, config
+        self.host = HostSide(samples_path)
+        self.layout = _Layout(model_config)
+        self.position = 0
+        self.dropped = 0
+        self.process = None
+
+    def _start(self) -> None:
+        ctx = mp.get_context("spawn")  # a fresh interpreter: its own JAX runtime, no forked XLA threads
+        self.shm = shared_memory.SharedMemory(create=True, size=2 * self.layout.slot_bytes)
+        self.locks = (ctx.Lock(), ctx.Lock())
+        self.versions = ctx.Queue()
+        self.batches = ctx.Queue(maxsize=self.config.rollout.queue_size)
+        self.process = ctx.Process(
+            target=_sampler_main, name="dora_jax-sampler", daemon=True,
+            args=(self.config.to_json_best_effort(), self.model_config.to_json(), self.shm.name, self.locks,
+                  self.versions, self.batches, self.position, os.getpid()))
+        self.process.start()
+
+    def publish(self, params, step: int) -> None:
+        if self.process is None:
+            self._start()
+        if step % self.config.rollout.sync_every and step != self.position:
+            return
+        start = time.perf_counter()
+        host_leaves = jax.device_get(jax.tree.leaves(params))
+        slot = step % 2
+        with self.locks[slot]:
+            version, leaves = self.layout.views(self.shm.buf, slot)
+            for dst, src in zip(leaves, host_leaves):
+                np.copyto(dst, src, casting="no")
+            version[0] = step
+            del version, leaves
+        self.versions.put(step)
+        self.sync_s = time.perf_counter() - start
+
+    def next_batch(self, step: int) -> dict[str, np.ndarray]:
+        while True:
+            batch = self._get()
+            if "error" in batch:
+                self.close()
+                raise SamplerDiedError(f"the sampler process failed:\n{batch['error']}")
+            self.position += 1
+            staleness = step - batch.pop("version")
+            if staleness <= self.config.rollout.max_staleness:
+                break
+            self.dropped += 1
+        batch["host_metrics"].update({"rollout/staleness": float(staleness), "rollout/dropped": float(self.dropped),
+                                      "rollout/sync_s": getattr(self, "sync_s", 0.0)})
+        return self.host.receive(batch, step)
+
+    def _get(self) -> dict:
+        while True:
+            try:
+                return self.batches.get(timeout=_POLL_S)
+            except queue.Empty:
+                if not self.process.is_alive():
+                    code, pid = self.process.exitcode, self.process.pid
+                    how = (f"was killed by signal {signal.Signals(-code).name}" if code is not None and code < 0
+                           else f"exited with code {code}")
+                    self.close()
+                    raise SamplerDiedError(
+                        f"the sampler process (pid {pid}) {how} without sending a batch. Check its "
+                        "output above (out of memory? killed?); the learner stopped, its last checkpoint is intact, "
+                        "and rerunning the same command resumes from it.") from None
+
+    def close(self) -> None:
+        if self.process is None:
+            return
+        if self.process.is_alive():
+            self.versions.put(None)
+            self.process.join(timeout=5)
+            if self.process.is_alive():
+                self.process.kill()
+        self.process.join(timeout=5)
+        for q in (self.versions, self.batches):
+            q.cancel_join_thread()
+            q.close()
+        self.shm.close()
+        self.shm.unlink()
+        self.process = None
+
+    def get_state(self) -> dict:
+        return {"position": self.position}
+
+    def set_state(self, state: dict) -> None:
+        self.position = int(state["position"])

@@ -1,0 +1,252 @@
+"""Jitted KV-cache sampling: one policy, a handover between two, or a group mixed from several.
+
+    rollout = sample(config, (params,), prompt_BxP, prompt_mask_BxP, rngs_B, max_new_tokens=256,
+                     temperature=1.0, top_p=0.95, stop_ids=(eos,))
+    rollout.tokens_BxN, rollout.logp_BxN, rollout.mask_BxN, rollout.lengths_B, rollout.finish_B
+
+Shapes: B rows, P (left-padded) prompt length, N = max_new_tokens, K policies, V vocabulary,
+Q prompts and G responses per prompt in `sample_mixture` (B = Q * G, prompt-major).
+
+Row i depends only on its key `rngs_B[i]`, the real tokens of its prompt and the parameters:
+decode step t draws with `fold_in(rngs_B[i], t)`, positions skip padding and padded cache
+slots are masked out of attention, so neither the padding a row got nor its batch-mates
+change its tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dora_jax.models import ModelConfig, init_cache, positions_from_mask, unembed
+from dora_jax.models.decoder import Block, Cache, Params, RMSNorm
+
+FINISH_STOP = 0  # a stop id was emitted (it is part of the response, mask 1)
+FINISH_LENGTH = 1  # max_new_tokens were emitted without a stop id
+
+
+class Rollout(NamedTuple):
+    """Responses of one `sample` call; every field is 0 / `pad_id` where `mask_BxN` is 0, except `policy_BxN`."""
+
+    tokens_BxN: jax.Array  # int32
+    logp_BxN: jax.Array  # f32 log-prob under the policy that drew the token
+    logp_by_policy_BxNxK: jax.Array  # f32 log-prob of the same token under each policy
+    policy_BxN: jax.Array  # int32 policy that draws step t (the schedule, also after a row stops)
+    mask_BxN: jax.Array  # int32 1 on emitted tokens, the stop token included
+    lengths_B: jax.Array  # int32 emitted tokens per row
+    finish_B: jax.Array  # int32 FINISH_STOP or FINISH_LENGTH
+
+
+def _ordered_int32(x: jax.Array) -> jax.Array:
+    """Maps float32 to int32 keeping the order, so thresholds can be bisected over exact values."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+    return jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
+
+
+def _highest_threshold(keys_BxV: jax.Array, lo_Bx1: jax.Array, measure, target: float) -> jax.Array:
+    """Largest int32 threshold h >= lo with `measure(keys_BxV >= h) >= target` (measure falls as h rises).
+
+    32 halvings of the int32 range give the exact threshold, and cost a few [B, V]
+    elementwise passes instead of the [B, V] sort that dominated a CPU decode step.
+    """
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = (lo >> 1) + (hi >> 1) + (((lo & 1) + (hi & 1) + 1) >> 1)  # ceil((lo + hi) / 2) without overflow
+        ok = measure(keys_BxV >= mid) >= target
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
+
+    return jax.lax.fori_loop(0, 32, halve, (lo_Bx1, jnp.max(keys_BxV, axis=-1, keepdims=True)))[0]
+
+
+def filter_logits(logits_BxV: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+    """Sets every logit outside the top-k, then outside the nucleus, to -inf.
+
+    top_k = 0 keeps all tokens. The nucleus is the smallest prefix of the tokens sorted by
+    probability (renormalised over the top-k) whose mass reaches top_p; it always holds the
+    most likely token. Tokens tied with the last kept logit are kept too.
+    """
+    use_k, use_p = 0 < top_k < logits_BxV.shape[-1], top_p < 1.0
+    if not (use_k or use_p):
+        return logits_BxV
+    keys_BxV = _ordered_int32(logits_BxV)
+    cutoff_Bx1 = jnp.min(keys_BxV, axis=-1, keepdims=True)
+    if use_k:
+        cutoff_Bx1 = _highest_threshold(keys_BxV, cutoff_Bx1, lambda kept: jnp.sum(kept, -1, keepdims=True), top_k)
+    if use_p:
+        probs_BxV = jax.nn.softmax(jnp.where(keys_BxV >= cutoff_Bx1, logits_BxV, -jnp.inf), axis=-1)
+        cutoff_Bx1 = _highest_threshold(keys_BxV, cutoff_Bx1,
+                                        lambda kept: jnp.sum(jnp.where(kept, probs_BxV, 0.0), -1, keepdims=True), top_p)
+    return jnp.where(keys_BxV >= cutoff_Bx1, logits_BxV, -jnp.inf)
+
+
+def _layer_params(config: ModelConfig, params: Params) -> list[Params]:
+    """Per-layer slices of the scanned parameter stack, taken once outside the decode loop."""
+    return [jax.tree.map(lambda x, i=i: x[i], params["layers"]) for i in range(config.num_layers)]
+
+
+def _forward(config: ModelConfig, params: Params, layers: list[Params], caches: list[Cache], tokens_BxT, positions_BxT,
+             kv_mask_BxS, slot) -> tuple[jax.Array, list[Cache]]:
+    """f32 logits [B, V] of the last position, and the per-layer caches with slots `slot:slot+T` written.
+
+    The same layers as `models.apply`, unrolled: `nn.scan` over the stacked [L, B, S, K, Dh]
+    cache slices out and restacks every layer's cache on each call, several full copies of
+    the cache per decoded token; separate per-layer caches are updated in place instead.
+    """
+    dtype = jnp.dtype(config.dtype)
+    x_BxTxD = jnp.take(params["embedding"], tokens_BxT, axis=0).astype(dtype)
+    new_caches = []
+    for layer, cache in zip(layers, caches):
+        x_BxTxD, cache = Block(config).apply({"params": layer}, x_BxTxD, cache, positions_BxT, kv_mask_BxS, slot)
+        new_caches.append(cache)
+    norm = RMSNorm(config.rms_norm_eps, dtype, jnp.dtype(config.param_dtype))
+    # Only the last position is unembedded: prefill never forms [B, P, V] logits.
+    x_Bx1xD = norm.apply({"params": params["final_norm"]}, x_BxTxD[:, -1:])
+    return unembed(config, params, x_Bx1xD)[:, 0], new_caches
+
+
+def sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
+           rngs_B: jax.Array, *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+           stop_ids: tuple[int, ...] = (), pad_id: int = 0, handover_window: int = 0) -> Rollout:
+    """Samples up to `max_new_tokens` per left-padded prompt from one policy, or two in handover.
+
+    `rngs_B` holds one typed key per row. Recorded log-probs are those of the token under
+    softmax(logits / temperature) BEFORE top-k / top-p filtering, which is what
+    `scoring.score(..., temperature=temperature)` computes for the trainer. temperature = 0
+    decodes greedily and records log-probs at temperature 1 (score with temperature=1.0).
+
+    Handover (paper §5.2): with two policies and `handover_window` = w > 0, step t is drawn
+    from policy (t // w) % 2, policy 0 first. Both policies keep their own KV cache over the
+    whole context, so both log-probs of every token are recorded.
+
+    Compiled once per config, shapes and settings: the settings are normalised here so that
+    equal settings spelled differently (a list of stop ids, an omitted default) share it.
+    """
+    K = len(policies)
+    if K not in (1, 2):
+        raise ValueError(f"sample takes 1 policy, or 2 for handover; got {K}.")
+    if (K == 2) != (handover_window > 0):
+        raise ValueError(f"handover_window={handover_window} with {K} policies: handover needs exactly 2 policies "
+                         "and a window > 0 (sample a mixture of whole responses with sample_mixture).")
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 1:
+        raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0, max_new_tokens >= 1; got "
+                         f"{temperature}, {top_p}, {top_k}, {max_new_tokens}.")
+    return _sample(config, tuple(policies), prompt_BxP, prompt_mask_BxP, rngs_B, int(max_new_tokens),
+                   float(temperature), float(top_p), int(top_k), tuple(int(i) for i in stop_ids), int(pad_id),
+                   int(handover_window))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10, 11))
+def _sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP, prompt_mask_BxP, rngs_B, N: int,
+            temperature: float, top_p: float, top_k: int, stop_ids: tuple[int, ...], pad_id: int,
+            handover_window: int) -> Rollout:
+    K = len(policies)
+    B, P = prompt_BxP.shape
+    greedy = temperature == 0
+    scale = 1.0 if greedy else temperature
+    stop_S = jnp.asarray(stop_ids, jnp.int32)
+
+    # Loop invariants, hoisted: every response slot is visible (causality hides future ones),
+    # and step t's input sits at position prompt_len + t - 1 whatever the padding.
+    prompt_mask_BxP = prompt_mask_BxP.astype(jnp.int32)
+    kv_mask_BxS = jnp.concatenate([prompt_mask_BxP, jnp.ones((B, N), jnp.int32)], axis=1)
+    prompt_len_Bx1 = jnp.sum(prompt_mask_BxP, axis=1, keepdims=True)
+    policy_N = (jnp.arange(N, dtype=jnp.int32) // max(handover_window, 1)) % K
+
+    def draw(logits_KxBxV, t):
+        """Step t's token for every row and its log-prob [K, B] under each policy."""
+        # f32 temperature scaling and log-softmax: the recorded log-probs feed importance ratios.
+        scaled_KxBxV = logits_KxBxV if scale == 1.0 else logits_KxBxV / scale
+        drawn_BxV = scaled_KxBxV[0] if K == 1 else scaled_KxBxV[policy_N[t]]
+        if greedy:
+            token_B = jnp.argmax(drawn_BxV, axis=-1).astype(jnp.int32)
+        else:
+            filtered_BxV = filter_logits(drawn_BxV, top_k, top_p)
+            token_B = jax.vmap(lambda key, row: jax.random.categorical(jax.random.fold_in(key, t), row))(
+                rngs_B, filtered_BxV).astype(jnp.int32)
+        picked_KxB = jnp.take_along_axis(scaled_KxBxV, jnp.broadcast_to(token_B[None, :, None], (K, B, 1)),
+                                         axis=-1)[..., 0]
+        return token_B, picked_KxB - jax.nn.logsumexp(scaled_KxBxV, axis=-1)
+
+    def emit(t, logits_KxBxV, done_B, out):
+        """Draws step t, blanks rows already stopped, and writes row t of the [N, ...] buffers."""
+        token_B, logp_KxB = draw(logits_KxBxV, t)
+        token_B = jnp.where(done_B, pad_id, token_B)
+        logp_KxB = jnp.where(done_B[None], 0.0, logp_KxB)
+        tokens_NxB, logp_NxKxB, mask_NxB = out
+        out = (tokens_NxB.at[t].set(token_B), logp_NxKxB.at[t].set(logp_KxB),
+               mask_NxB.at[t].set((~done_B).astype(jnp.int32)))
+        return token_B, done_B | jnp.any(token_B[:, None] == stop_S[None, :], axis=-1), out
+
+    # Prefill every policy's cache with the prompt, then draw step 0 from the last position. The
+    # prompt attends over its own P slots only; the N response slots are appended afterwards.
+    layers_by_policy = [_layer_params(config, params) for params in policies]
+    empty = init_cache(config, B, P)
+    empty = [{"k": empty["k"][i], "v": empty["v"][i]} for i in range(config.num_layers)]
+    prefilled = [_forward(config, params, layers, empty, prompt_BxP, positions_from_mask(prompt_mask_BxP),
+                          prompt_mask_BxP, 0) for params, layers in zip(policies, layers_by_policy)]
+    logits_KxBxV = jnp.stack([logits for logits, _ in prefilled])
+    caches = tuple([{name: jnp.pad(x, ((0, 0), (0, N), (0, 0), (0, 0))) for name, x in layer.items()} for layer in cache]
+                   for _, cache in prefilled)
+    out = (jnp.full((N, B), pad_id, jnp.int32), jnp.zeros((N, K, B), jnp.float32), jnp.zeros((N, B), jnp.int32))
+    token_B, done_B, out = emit(0, logits_KxBxV, jnp.zeros((B,), bool), out)
+
+    def cond(state):
+        t, _, _, done_B, _ = state
+        return (t < N) & ~jnp.all(done_B)
+
+    def body(state):
+        t, caches, token_B, done_B, out = state
+        # Feed step t-1's token into slot P + t - 1 of every policy's cache.
+        stepped = [_forward(config, params, layers, cache, token_B[:, None], prompt_len_Bx1 + t - 1, kv_mask_BxS,
+                            P + t - 1) for params, layers, cache in zip(policies, layers_by_policy, caches)]
+        token_B, done_B, out = emit(t, jnp.stack([logits for logits, _ in stepped]), done_B, out)
+        return t + 1, tuple(cache for _, cache in stepped), token_B, done_B, out
+
+    _, _, _, done_B, (tokens_NxB, logp_NxKxB, mask_NxB) = jax.lax.while_loop(
+        cond, body, (jnp.int32(1), caches, token_B, done_B, out))
+
+    logp_by_policy_BxNxK = jnp.transpose(logp_NxKxB, (2, 0, 1))
+    policy_BxN = jnp.broadcast_to(policy_N[None, :], (B, N))
+    mask_BxN = mask_NxB.T
+    return Rollout(
+        tokens_BxN=tokens_NxB.T,
+        logp_BxN=jnp.take_along_axis(logp_by_policy_BxNxK, policy_BxN[..., None], axis=-1)[..., 0],
+        logp_by_policy_BxNxK=logp_by_policy_BxNxK,
+        policy_BxN=policy_BxN,
+        mask_BxN=mask_BxN,
+        lengths_B=jnp.sum(mask_BxN, axis=1),
+        finish_B=jnp.where(done_B, FINISH_STOP, FINISH_LENGTH).astype(jnp.int32),
+    )
+
+
+def sample_mixture(config: ModelConfig, params_by_name: Mapping[str, Params], counts: Mapping[str, int],
+                   prompt_QxP: jax.Array, prompt_mask_QxP: jax.Array, rng: jax.Array,
+                   **sample_kwargs) -> tuple[Rollout, jax.Array]:
+    """G = sum(counts) responses per prompt, `counts[name]` of them from policy `name`.
+
+    Returns the rollout with rows prompt-major (prompt 0's G rows first; within a group the
+    policies in `counts`' order) and `policy_B`, each row's index into `tuple(counts)`, also
+    written into `policy_BxN`. Row g of prompt q uses the key `fold_in(fold_in(rng, q), g)`,
+    so the result is a function of `rng`. `sample_kwargs` go to `sample` (no handover).
+    """
+    Q = prompt_QxP.shape[0]
+    G = sum(counts.values())
+    rngs_QxG = jax.vmap(lambda q: jax.vmap(lambda g: jax.random.fold_in(jax.random.fold_in(rng, q), g))(
+        jnp.arange(G)))(jnp.arange(Q))
+    groups, policy_ids, start = [], [], 0
+    for index, (name, count) in enumerate(counts.items()):
+        if count == 0:
+            continue
+        rollout = sample(config, (params_by_name[name],), jnp.repeat(prompt_QxP, count, axis=0),
+                         jnp.repeat(prompt_mask_QxP, count, axis=0),
+                         rngs_QxG[:, start:start + count].reshape(Q * count), **sample_kwargs)
+        rollout = rollout._replace(policy_BxN=jnp.full_like(rollout.policy_BxN, index))
+        groups.append(jax.tree.map(lambda x, c=count: x.reshape(Q, c, *x.shape[1:]), rollout))
+        policy_ids.append(np.full((Q, count), index, np.int32))
+        start += count
+    rollout = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1).reshape(Q * G, *xs[0].shape[2:]), *groups)
+    return rollout, jnp.asarray(np.concatenate(policy_ids, axis=1).reshape(Q * G))

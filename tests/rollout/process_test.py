@@ -1,0 +1,112 @@
+"""The sampler process: same rollouts and metrics as inline sampling, fails fast when it dies."""
+
+import json
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import common
+from dora_jax.data.tasks import make_task
+from dora_jax.rollout.process import ProcessRollouts, SamplerDiedError
+from dora_jax.rollout.source import InlineRollouts
+from dora_jax.trainer import Trainer
+
+
+def _config(**trainer):
+    c = common.get_config("smoke")
+    common.smoke(c)
+    c.model.vocab_size = make_task(c.task).vocab_size
+    c.dora_init = "random"
+    c.objective.loss = "grpo"
+    c.optim.lr = 1e-3
+    c.mesh.update(data=1, fsdp=1, tensor=1)
+    c.eval.every = 0
+    c.trainer.update({"num_steps": 3, "checkpoint_every": 100, **trainer})
+    return c
+
+
+class Recorder:
+    """Wraps a source and keeps a copy of every batch it hands out."""
+
+    def __init__(self, source, kill_after=None):
+        self.source, self.batches, self.kill_after = source, [], kill_after
+
+    def __getattr__(self, name):
+        return getattr(self.source, name)
+
+    def next_batch(self, step):
+        if self.kill_after is not None and step == self.kill_after:
+            self.killed_at = time.monotonic()
+            os.kill(self.source.process.pid, signal.SIGKILL)
+        batch = self.source.next_batch(step)
+        self.batches.append({k: np.copy(v) for k, v in batch.items() if k != "host_metrics"})
+        return batch
+
+
+def _run(config, workdir, mode):
+    trainer = Trainer(config, str(workdir), devices=jax.devices()[:1])
+    task = make_task(config.task)
+    source = (InlineRollouts(task, trainer.model_config, config) if mode == "inline"
+              else ProcessRollouts(trainer.model_config, config))
+    recorder = Recorder(source)
+    records = trainer.run(recorder)
+    return recorder.batches, records
+
+
+def test_process_mode_equals_inline_mode_at_zero_staleness(tmp_path):
+    config = _config()
+    inline_batches, inline_records = _run(config, tmp_path / "inline", "inline")
+    process_batches, process_records = _run(config, tmp_path / "process", "process")
+    assert len(inline_batches) == len(process_batches) == 3
+    for a, b in zip(inline_batches, process_batches):
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert len(inline_records) == len(process_records) == 3
+    for a, b in zip(inline_records, process_records):
+        assert b["rollout/staleness"] == 0 and b["rollout/dropped"] == 0
+        for key in a:
+            if not key.startswith("perf/"):
+                assert a[key] == b[key], key  # bitwise: same batches, same update
+
+
+def test_killed_sampler_fails_fast_and_keeps_the_checkpoint(tmp_path):
+    config = _config(num_steps=6, checkpoint_every=2)
+    config.rollout.mode = "process"
+    trainer = Trainer(config, str(tmp_path), devices=jax.devices()[:1])
+    source = Recorder(ProcessRollouts(trainer.model_config, config), kill_after=3)
+    with pytest.raises(SamplerDiedError, match="SIGKILL"):
+        trainer.run(source)
+    assert time.monotonic() - source.killed_at < 30
+    assert source.source.process is None  # closed: no orphan left behind
+    resumed = Trainer(config, str(tmp_path), devices=jax.devices()[:1])
+    assert resumed.step == 2
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
+    assert steps == [1, 2]
+
+
+def test_sampler_exception_carries_its_traceback():
+    config = _config()
+    model_config = Trainer.__init__.__globals__["model_config_from"](config)
+    config.task.name = "no_such_task"  # fails inside the sampler process only
+    source = ProcessRollouts(model_config, config)
+    source.publish(jax.tree.map(np.zeros_like, _zeros(model_config)), 0)
+    with pytest.raises(SamplerDiedError, match="no_such_task") as err:
+        source.next_batch(0)
+    assert "Traceback" in str(err.value)
+
+
+def test_staleness_must_cover_the_sync_interval():
+    config = _config()
+    config.rollout.update(sync_every=3, max_staleness=1)
+    with pytest.raises(ValueError, match="max_staleness >= sync_every - 1"):
+        ProcessRollouts(None, config)
+
+
+def _zeros(model_config):
+    from dora_jax.models import param_shapes
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), param_shapes(model_config))
