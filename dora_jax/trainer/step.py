@@ -12,7 +12,7 @@ A rollout batch is a dict of arrays (B = prompts x group_size sequences, prompt-
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
