@@ -27,10 +27,12 @@ from dora_jax.models.decoder import Block, Cache, Params, RMSNorm
 
 FINISH_STOP = 0  # a stop id was emitted (it is part of the response, mask 1)
 FINISH_LENGTH = 1  # max_new_tokens were emitted without a stop id
+# Decode caches grow in at most MAX_PHASES phases of at least PHASE_TOKENS response slots (see `_sample`).
+PHASE_TOKENS, MAX_PHASES = 32, 4
 
 
 class Rollout(NamedTuple):
-    """Responses of one `sample` call; every field is 0 / `pad_id` where `mask_BxN` is 0, except `policy_BxN`."""
+    """Responses of one `sample` call. Where `mask_BxN` is 0 (after a stop) tokens are `pad_id` and log-probs 0."""
 
     tokens_BxN: jax.Array  # int32
     logp_BxN: jax.Array  # f32 log-prob under the policy that drew the token
@@ -124,6 +126,8 @@ def sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP: jax.Ar
 
     Compiled once per config, shapes and settings: the settings are normalised here so that
     equal settings spelled differently (a list of stop ids, an omitted default) share it.
+    Compile time grows with the depth (layers are unrolled, see `_forward`) and with the
+    number of cache phases (up to MAX_PHASES, see `_sample`).
     """
     K = len(policies)
     if K not in (1, 2):
@@ -150,7 +154,7 @@ def _sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP, promp
     stop_S = jnp.asarray(stop_ids, jnp.int32)
 
     # Loop invariants, hoisted: every response slot is visible (causality hides future ones),
-    # and step t's input sits at position prompt_len + t - 1 whatever the padding.
+    # and step t's input sits at position prompt_len + t - 1 whatever the padding. S = P + N.
     prompt_mask_BxP = prompt_mask_BxP.astype(jnp.int32)
     kv_mask_BxS = jnp.concatenate([prompt_mask_BxP, jnp.ones((B, N), jnp.int32)], axis=1)
     prompt_len_Bx1 = jnp.sum(prompt_mask_BxP, axis=1, keepdims=True)
@@ -189,25 +193,33 @@ def _sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP, promp
     prefilled = [_forward(config, params, layers, empty, prompt_BxP, positions_from_mask(prompt_mask_BxP),
                           prompt_mask_BxP, 0) for params, layers in zip(policies, layers_by_policy)]
     logits_KxBxV = jnp.stack([logits for logits, _ in prefilled])
-    caches = tuple([{name: jnp.pad(x, ((0, 0), (0, N), (0, 0), (0, 0))) for name, x in layer.items()} for layer in cache]
-                   for _, cache in prefilled)
+    caches = tuple(cache for _, cache in prefilled)
     out = (jnp.full((N, B), pad_id, jnp.int32), jnp.zeros((N, K, B), jnp.float32), jnp.zeros((N, B), jnp.int32))
     token_B, done_B, out = emit(0, logits_KxBxV, jnp.zeros((B,), bool), out)
 
-    def cond(state):
-        t, _, _, done_B, _ = state
-        return (t < N) & ~jnp.all(done_B)
+    def decode(state, end):
+        """Steps t < end with caches of P + end slots; stops early once every row is done."""
+        phase_kv_mask = kv_mask_BxS[:, :P + end]
 
-    def body(state):
+        def body(state):
+            t, caches, token_B, done_B, out = state
+            # Feed step t-1's token into slot P + t - 1 of every policy's cache.
+            stepped = [_forward(config, params, layers, cache, token_B[:, None], prompt_len_Bx1 + t - 1, phase_kv_mask,
+                                P + t - 1) for params, layers, cache in zip(policies, layers_by_policy, caches)]
+            token_B, done_B, out = emit(t, jnp.stack([logits for logits, _ in stepped]), done_B, out)
+            return t + 1, tuple(cache for _, cache in stepped), token_B, done_B, out
+
         t, caches, token_B, done_B, out = state
-        # Feed step t-1's token into slot P + t - 1 of every policy's cache.
-        stepped = [_forward(config, params, layers, cache, token_B[:, None], prompt_len_Bx1 + t - 1, kv_mask_BxS,
-                            P + t - 1) for params, layers, cache in zip(policies, layers_by_policy, caches)]
-        token_B, done_B, out = emit(t, jnp.stack([logits for logits, _ in stepped]), done_B, out)
-        return t + 1, tuple(cache for _, cache in stepped), token_B, done_B, out
+        caches = jax.tree.map(lambda x: jnp.pad(x, ((0, 0), (0, P + end - x.shape[1]), (0, 0), (0, 0))), caches)
+        return jax.lax.while_loop(lambda s: (s[0] < end) & ~jnp.all(s[3]), body, (t, caches, token_B, done_B, out))
 
-    _, _, _, done_B, (tokens_NxB, logp_NxKxB, mask_NxB) = jax.lax.while_loop(
-        cond, body, (jnp.int32(1), caches, token_B, done_B, out))
+    # Attention reads every cache slot, so the response slots are appended in phases: a phase's
+    # steps attend over P + (its end) slots, not P + N. Each phase is one more compiled loop.
+    state = (jnp.int32(1), caches, token_B, done_B, out)
+    chunk = max(PHASE_TOKENS, -(-N // MAX_PHASES))
+    for end in [*range(chunk, N, chunk), N]:
+        state = decode(state, end)
+    _, _, _, done_B, (tokens_NxB, logp_NxKxB, mask_NxB) = state
 
     logp_by_policy_BxNxK = jnp.transpose(logp_NxKxB, (2, 0, 1))
     policy_BxN = jnp.broadcast_to(policy_N[None, :], (B, N))
