@@ -24,6 +24,7 @@ setuptools.setup(
         "tqdm>=4.66,<5",
         "matplotlib>=3.8,<4",
         "absl-py>=2.1,<3",
+        "sympy>=1.12,<2",
     ],
     extras_require={
         "test": [

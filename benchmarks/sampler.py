@@ -15,45 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
-import tempfile
-import time
 
 import jax
 import numpy as np
 import torch
-import transformers
 
+from _shared import HF_CONFIG, config_name, device_name, median_seconds, random_qwen2
 from dora_jax import rollout
-from dora_jax.models import hf
-
-HF_CONFIG = dict(vocab_size=1024, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False, bos_token_id=1,
-                 eos_token_id=2, pad_token_id=0)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
-
-
-def median_seconds(fns, runs: int) -> list[float]:
-    """Median wall time of each function; runs alternate between them so both see the same machine load."""
-    for fn in fns:
-        fn()  # warm-up: compilation (ours), allocator and kernel selection (both)
-    times = [[] for _ in fns]
-    for _ in range(runs):
-        for fn, t in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            t.append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
-
 
 def run(batch: int, prompt_len: int, new_tokens: int, runs: int, model, lm) -> dict:
     rng = np.random.default_rng(batch)
@@ -89,16 +57,8 @@ def main():
     parser.add_argument("--runs", type=int, default=3, help="timed calls per side (median reported)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count())
-    torch.manual_seed(0)
-    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**HF_CONFIG)).eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
-        lm = hf.load(tmp)
-
-    device = f"{jax.devices()[0].platform} {cpu_name()} x{os.cpu_count()}"
-    config = "qwen2 L{num_hidden_layers} D{hidden_size} F{intermediate_size} H{num_attention_heads}/{num_key_value_heads} " \
-             "V{vocab_size}".format(**HF_CONFIG)
+    model, lm = random_qwen2()
+    device, config = device_name(), config_name()
     results = []
     print(f"{'device':<28} {'config':<32} {'batch':>5} {'ours tok/s':>11} {'transformers tok/s':>19} {'ratio':>6}")
     for batch in (int(b) for b in args.batch.split(",")):

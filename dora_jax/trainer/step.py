@@ -38,6 +38,7 @@ def make_update(model_config: ModelConfig, objective_cfg, tx: optax.GradientTran
     uses = getattr(loss_fn, "uses", ("ref", "nora"))
     uses_ref = "ref" in uses or getattr(objective_cfg, "beta_kl", 0.0) > 0
     uses_nora = "nora" in uses
+    entropy_coef = getattr(objective_cfg, "entropy_coef", 0.0)
 
     def micro_loss(params, frozen, mb, denoms):
         trees = {"dora": params, **({"nora": frozen["nora"]} if uses_nora else {})}
@@ -51,7 +52,9 @@ def make_update(model_config: ModelConfig, objective_cfg, tx: optax.GradientTran
         loss_batch = jax.lax.stop_gradient({"mask_BxT": resp, "logp_old_BxT": mb["logp_old_BxT"],
                                             "logp_ref_BxT": ref, "logp_nora_BxT": scores.get("nora", own),
                                             "adv_B": mb["adv_B"]})
-        loss_batch["entropy_BxT"] = scores["entropy/dora"]  # differentiable: the entropy bonus acts through it
+        # Differentiable only when the entropy bonus is on: its full-vocabulary backward is not free.
+        entropy = scores["entropy/dora"]
+        loss_batch["entropy_BxT"] = entropy if entropy_coef else jax.lax.stop_gradient(entropy)
         loss, metrics = loss_fn(scores["dora"], loss_batch, objective_cfg, denoms)
         metrics = {f"objective/{k}": v for k, v in metrics.items()}
         if uses_nora:

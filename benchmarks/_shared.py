@@ -1,0 +1,64 @@
+"""What every benchmark shares: the random Qwen2 both sides load, timing, device names."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import jax
+import torch
+import transformers
+
+from dora_jax.models import hf
+
+HF_CONFIG = dict(vocab_size=1024, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False, bos_token_id=1,
+                 eos_token_id=2, pad_token_id=0)
+
+
+def random_qwen2(save_to: str | None = None, **overrides):
+    """(transformers model in eval mode, the same weights as a dora_jax LM); seeds fixed."""
+    torch.set_num_threads(os.cpu_count())
+    torch.manual_seed(0)
+    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**{**HF_CONFIG, **overrides})).eval()
+    if save_to is not None:
+        model.save_pretrained(save_to)
+        return model, hf.load(save_to)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        return model, hf.load(tmp)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
+
+
+def device_name() -> str:
+    device = jax.devices()[0]
+    return f"{device.platform} {cpu_name()} x{os.cpu_count()}" if device.platform == "cpu" else device.device_kind
+
+
+def config_name(**overrides) -> str:
+    c = {**HF_CONFIG, **overrides}
+    return (f"qwen2 L{c['num_hidden_layers']} D{c['hidden_size']} F{c['intermediate_size']} "
+            f"H{c['num_attention_heads']}/{c['num_key_value_heads']} V{c['vocab_size']}")
+
+
+def median_seconds(fns, runs: int) -> list[float]:
+    """Median wall time of each function; runs alternate between them so both see the same machine load."""
+    for fn in fns:
+        fn()  # warm-up: compilation (ours), allocator and kernel selection (both)
+    times = [[] for _ in fns]
+    for _ in range(runs):
+        for fn, t in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
