@@ -35,6 +35,9 @@ def run(config, workdir: str) -> dict:
         return sweep(config, workdir)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     config = copy.deepcopy(config)
+    # Ref, Nora and Dora must see the same problems, or the SFT / RL / held-out splits would overlap.
+    for built in _with_builds(config)[1:]:
+        built.task = copy.deepcopy(config.task)
     timing: dict[str, float] = {}
     for role in ("ref", "nora"):
         if not config[f"{role}_dir"] and role in config.build:
@@ -71,7 +74,7 @@ def run(config, workdir: str) -> dict:
     start = time.perf_counter()
     policies = {name: trainer.frozen[name] for name in ("ref", "nora") if config[f"{name}_dir"]}
     policies[config.name] = trainer.state.params
-    summary = summarize(evaluator.final(policies), task)
+    summary = summarize(evaluator.final(policies), task, evaluator.rare_only)
     timing["final evaluation"] = time.perf_counter() - start
     records = plots.read_metrics(workdir)
     critic = {name: _built_critic_score(config[f"{name}_dir"]) for name in policies if name != config.name}
@@ -137,7 +140,8 @@ def evaluate_policies(config, policy_dirs: dict[str, str], out_dir: str) -> dict
     task = make_task(config.task)
     loaded = {name: load_policy(path, config) for name, path in policy_dirs.items()}
     model_config = next(iter(loaded.values())).config
-    summary = summarize(Evaluator(task, model_config, config).final({n: lm.params for n, lm in loaded.items()}), task)
+    evaluator = Evaluator(task, model_config, config)
+    summary = summarize(evaluator.final({n: lm.params for n, lm in loaded.items()}), task, evaluator.rare_only)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "eval.json"), "w") as f:
         json.dump(summary, f, indent=2)

@@ -5,13 +5,15 @@
     results = evaluator.final({"ref": p, "nora": p, "dora": p})
     summary = summarize(results, task)             # pass@k per policy and mixture, diversity
 
-Every policy is sampled with the same per-row keys (common random numbers), so differences
-between policies are not sampling noise of the key stream.
+In the final evaluation each policy has its own key stream (derived from its name), so the
+samples of two policies are independent and the product form of mixed pass@k is unbiased;
+shared keys would correlate a policy with its fine-tuned copy and bias every mixture.
 """
 
 from __future__ import annotations
 
 import itertools
+import zlib
 
 import numpy as np
 import tqdm
@@ -32,6 +34,8 @@ class Evaluator:
         if config.eval.max_problems:
             problems = problems[: config.eval.max_problems]
         self.problems = problems
+        rare = getattr(task, "eval_rare_only", None)
+        self.rare_only = None if rare is None else rare[: len(problems)]  # aligned with self.problems
 
     def sample(self, params, problems, n: int, seed: int, desc: str | None = None) -> dict[str, np.ndarray]:
         """n samples per problem: {"correct", "valid", "strategy", "length"} arrays [len(problems), n]."""
@@ -68,17 +72,16 @@ class Evaluator:
 
     def final(self, params_by_policy: dict) -> dict[str, dict[str, np.ndarray]]:
         n = self.config.eval.samples
-        return {name: self.sample(params, self.problems, n, seed=self.config.seed + 20_000,
+        return {name: self.sample(params, self.problems, n, seed=self.config.seed + 20_000 + zlib.crc32(name.encode()),
                                   desc=f"eval {name} ({len(self.problems)} problems x {n})")
                 for name, params in params_by_policy.items()}
 
 
-def _policy_summary(r: dict[str, np.ndarray], task) -> dict:
+def _policy_summary(r: dict[str, np.ndarray], task, rare: np.ndarray | None) -> dict:
     correct, strategy = r["correct"], r["strategy"]
     P, n = correct.shape
     c_P = correct.sum(1)
     ks = passk.ks_up_to(n)
-    rare = getattr(task, "eval_rare_only", None)
     out = {
         "accuracy": float(correct.mean()),
         "valid_frac": float(r["valid"].mean()),
@@ -96,9 +99,12 @@ def _policy_summary(r: dict[str, np.ndarray], task) -> dict:
     return out
 
 
-def summarize(results: dict[str, dict[str, np.ndarray]], task) -> dict:
-    """eval.json's content: per-policy pass@k and diversity, and mixed pass@k of every pair (k/2 samples each)."""
-    summary = {"policies": {name: _policy_summary(r, task) for name, r in results.items()}, "mixtures": {}}
+def summarize(results: dict[str, dict[str, np.ndarray]], task, rare_only: np.ndarray | None = None) -> dict:
+    """eval.json's content: per-policy pass@k and diversity, and mixed pass@k of every pair (k/2 samples each).
+
+    `rare_only` marks the evaluated problems only rare strategies solve (their pass@8 is reported).
+    """
+    summary = {"policies": {name: _policy_summary(r, task, rare_only) for name, r in results.items()}, "mixtures": {}}
     # Newest policy first (dora+nora, dora+ref, nora+ref), the paper's naming.
     for a, b in itertools.combinations(list(results)[::-1], 2):
         ca, cb = results[a]["correct"], results[b]["correct"]

@@ -127,7 +127,8 @@ def sweep_table(field: str, summaries: dict[str, dict], runs: dict[str, list[dic
     for i in range(len(columns)):
         values = [v[i] for v in rows.values() if v[i] is not None]
         mean = sum(values) / len(values) if values else None
-        std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5 if values else None
+        # Sample standard deviation (n - 1): a handful of seeds must not understate the spread.
+        std = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5 if values else None
         stats.append(f"{fmt(mean)} ± {fmt(std)}" if values else "n/a")
-    lines.append("| mean ± std | " + " | ".join(stats) + " |")
+    lines.append("| mean ± sample std | " + " | ".join(stats) + " |")
     return "\n".join(lines) + "\n"

@@ -128,6 +128,9 @@ class ProcessRollouts:
             raise ValueError(f"config.rollout.sync_every={r.sync_every}, max_staleness={r.max_staleness}: parameters "
                              "published every sync_every updates are up to sync_every - 1 updates old, so set "
                              "max_staleness >= sync_every - 1 (and sync_every >= 1).")
+        if jax.process_count() > 1:
+            raise ValueError("rollout.mode='process' runs one sampler next to a single-process learner; with "
+                             f"{jax.process_count()} JAX processes use rollout.mode='inline'.")
         self.model_config, self.config = model_config, config
         self.host = HostSide(samples_path)
         self.layout = _Layout(model_config)
@@ -148,9 +151,10 @@ class ProcessRollouts:
         self.process.start()
 
     def publish(self, params, step: int) -> None:
-        if self.process is None:
+        first = self.process is None  # the sampler needs the starting parameters, whatever the step
+        if first:
             self._start()
-        if step % self.config.rollout.sync_every and step != self.position:
+        if not first and step % self.config.rollout.sync_every:
             return
         start = time.perf_counter()
         host_leaves = jax.device_get(jax.tree.leaves(params))

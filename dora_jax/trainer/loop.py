@@ -104,6 +104,7 @@ class Trainer:
         self.samples_path = os.path.join(self.workdir, "samples.jsonl")
         self._source_state: dict | None = None
         self.stopped_early: str | None = None  # why training stopped before num_steps (kept in checkpoints)
+        self.stopped_kl: float | None = None  # the KL that tripped trainer.stop_kl
         self._restore()
 
     # ------------------------------------------------------------------ checkpoints
@@ -113,7 +114,9 @@ class Trainer:
 
     def _restore(self) -> None:
         latest = self.ckpt.latest_step()
-        if latest is None:
+        if latest is None:  # lines of a run that died before its first checkpoint are recomputed
+            for path in (self.metrics_path, self.samples_path):
+                _truncate_jsonl(path, -1)
             return
         abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.state,
                                 self.state_shardings)
@@ -126,14 +129,18 @@ class Trainer:
                 "a run with a different model or optimizer config; use a new --workdir or the original config.") from e
         self.state = restored["state"]
         self._source_state = restored["meta"].get("source")
-        self.stopped_early = restored["meta"].get("stopped_early")
+        stopped = restored["meta"].get("stopped_early")
+        # A stop is kept only while the cap that caused it still applies (stop_kl = 0 or a higher cap trains on).
+        cap = self.config.trainer.get("stop_kl", 0.0)
+        if stopped and cap and cap <= restored["meta"].get("stopped_kl", cap):
+            self.stopped_early, self.stopped_kl = stopped, restored["meta"]["stopped_kl"]
         for path in (self.metrics_path, self.samples_path):
             _truncate_jsonl(path, latest)
         print(f"Resumed from {self.workdir}/checkpoints at step {latest}.")
 
     def save(self, source: BatchSource | None) -> None:
         meta = {"step": self.step, "source": source.get_state() if source is not None else None,
-                "stopped_early": self.stopped_early}
+                "stopped_early": self.stopped_early, "stopped_kl": self.stopped_kl}
         self.ckpt.save(self.step, args=ocp.args.Composite(state=ocp.args.StandardSave(self.state),
                                                           meta=ocp.args.JsonSave(meta)), force=True)
         self.ckpt.wait_until_finished()
@@ -211,8 +218,9 @@ class Trainer:
         cap = self.config.trainer.get("stop_kl", 0.0)
         kl = record.get("kl/dora_nora_token")
         if cap and kl is not None and kl > cap and self.stopped_early is None:
+            self.stopped_kl = kl
             self.stopped_early = (f"stopped at step {self.step}: KL(Dora || Nora) = {kl:.3f} nats per token at step "
-                                  f"{record['step']} exceeded config.trainer.stop_kl = {cap} (set it to 0 to train on).")
+                                  f"{record['step']} exceeded config.trainer.stop_kl = {cap} (rerun with a higher cap, or 0, to train on).")
             return True
         return False
 
@@ -250,7 +258,13 @@ def _truncate_jsonl(path: str, step: int) -> None:
     """Drops lines written after the restored checkpoint's step (they will be recomputed)."""
     if not os.path.exists(path):
         return
+    keep = []
     with open(path) as f:
-        keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        for line in f:
+            try:
+                if json.loads(line)["step"] <= step:
+                    keep.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                pass  # a line cut short by a killed process: dropped, it is recomputed
     with open(path, "w") as f:
         f.writelines(keep)

@@ -147,3 +147,13 @@ def test_nan_stops_with_step_and_metric_and_keeps_checkpoint(tmp_path):
     again = Trainer(c, str(tmp_path), devices=jax.devices()[:1])
     assert again.step == 2
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(again.state.params))
+
+
+def test_truncate_drops_lines_after_the_checkpoint_and_a_cut_off_last_line(tmp_path):
+    from dora_jax.trainer.loop import _truncate_jsonl
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "lo')
+    _truncate_jsonl(str(path), 2)
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+    _truncate_jsonl(str(path), -1)  # no checkpoint: everything is recomputed
+    assert path.read_text() == ""
