@@ -110,3 +110,13 @@ def test_staleness_must_cover_the_sync_interval():
 def _zeros(model_config):
     from dora_jax.models import param_shapes
     return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), param_shapes(model_config))
+
+
+def test_sync_every_pushes_parameters_every_other_update(tmp_path):
+    config = _config(num_steps=4)
+    config.rollout.update(sync_every=2, max_staleness=1)
+    trainer = Trainer(config, str(tmp_path), devices=jax.devices()[:1])
+    records = trainer.run(ProcessRollouts(trainer.model_config, config))
+    # Versions 0, 2, 4 are pushed; batch n waits for a version >= n - 1, so staleness alternates.
+    assert [r["rollout/staleness"] for r in records] == [0, 1, 0, 1]
+    assert all(r["rollout/dropped"] == 0 for r in records)
