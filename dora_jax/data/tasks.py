@@ -54,6 +54,10 @@ class CountdownTask:
     def sft_examples(self, seed: int) -> list[tuple[list[int], list[int], int]]:
         return countdown.sft_corpus(self.splits["sft"], seed, self.cfg.sft_samples_per_problem)
 
+    def strategy_name(self, strategy: int) -> str:
+        """A strategy id's name; -1 (no template matched: malformed, or a correct non-canonical form) is "invalid/other"."""
+        return self.strategy_names[strategy] if 0 <= strategy < len(self.strategy_names) else "invalid/other"
+
     def decode(self, ids) -> str:
         return self.tokenizer.decode(ids)
 

@@ -20,7 +20,7 @@ import tqdm
 
 from dora_jax.eval import passk
 from dora_jax.rollout.sampler import sample
-from dora_jax.rollout.source import row_keys
+from dora_jax.rollout.source import row_keys, sampling_options
 
 QUICK_SAMPLES = 4  # samples per problem in a quick evaluation (enough for a per-problem strategy entropy)
 
@@ -51,9 +51,7 @@ class Evaluator:
         for i in tqdm.trange(chunks, desc=desc, disable=desc is None or not c.trainer.progress, leave=False):
             sl = slice(i * rows, (i + 1) * rows)
             out = sample(self.model_config, (params,), prompt_BxP[sl], mask_BxP[sl], row_keys(seed, i, rows),
-                         max_new_tokens=c.rollout.max_new_tokens, temperature=c.rollout.temperature,
-                         top_p=c.rollout.top_p, top_k=c.rollout.top_k, stop_ids=self.task.stop_ids,
-                         pad_id=self.task.pad_id)
+                         **sampling_options(c, self.task))
             tokens.append(np.asarray(out.tokens_BxN))
             lengths.append(np.asarray(out.lengths_B))
         tokens_BxN = np.concatenate(tokens)[:total]
@@ -89,10 +87,10 @@ def _policy_summary(r: dict[str, np.ndarray], task, rare: np.ndarray | None) -> 
         "strategy_entropy": passk.strategy_entropy(strategy),
         "correct_strategy_entropy": passk.strategy_entropy(strategy, correct),
         "distinct_correct_strategies": passk.distinct_correct_strategies(strategy, correct),
-        "strategy_counts": {name: int(np.sum(strategy == i)) for i, name in enumerate(task.strategy_names)},
+        "strategy_counts": {task.strategy_name(i): int(np.sum(strategy == i))
+                            for i in [*range(len(task.strategy_names)), -1]},
         "response_length": float(r["length"].mean()),
     }
-    out["strategy_counts"]["invalid/other"] = int(np.sum(strategy < 0))
     if rare is not None and len(rare) == P and rare.any():
         k = min(8, n)
         out["rare_only"] = {"problems": int(rare.sum()), f"pass@{k}": float(np.mean(passk.pass_at_k(n, c_P[rare], k)))}

@@ -60,7 +60,7 @@ def write_report(workdir: str, config, summary: dict, records: list[dict], criti
     """Writes workdir/report.md and returns its text."""
     p = summary["policies"]
     k8 = 8 if all("8" in e["pass@k"] for e in p.values()) else min(max(int(x) for x in e["pass@k"]) for e in p.values())
-    kl = next((r["kl/dora_nora_token"] for r in reversed(records) if "kl/dora_nora_token" in r), None)
+    kl = _last(records, "kl/dora_nora_token")
     lines = [f"# {config.name}: {config.objective.loss} on {config.task.name}", "",
              f"Held-out problems: {summary['num_problems']}, {summary['samples_per_problem']} samples each at "
              f"temperature {config.rollout.temperature}. Updates: {config.trainer.num_steps}, lr {config.optim.lr}"

@@ -44,6 +44,13 @@ def pack_batch(prompt_BxP: np.ndarray, prompt_mask_BxP: np.ndarray, rollout: Rol
     }
 
 
+def sampling_options(config, task) -> dict:
+    """`sample`'s keyword arguments from config.rollout and the task's stop / pad ids (training and eval alike)."""
+    r = config.rollout
+    return dict(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                stop_ids=task.stop_ids, pad_id=task.pad_id)
+
+
 def row_keys(seed: int, position: int, rows: int) -> jax.Array:
     """One PRNG key per row, a function of (seed, batch position) only."""
     return jax.random.split(jax.random.fold_in(jax.random.key(seed), position), rows)
@@ -63,9 +70,7 @@ class RolloutMaker:
         prompt_QxP, mask_QxP = self.task.prompts(problems)
         prompt_BxP, mask_BxP = np.repeat(prompt_QxP, G, axis=0), np.repeat(mask_QxP, G, axis=0)
         rollout = sample(self.model_config, (params,), prompt_BxP, mask_BxP, row_keys(c.seed, position, Q * G),
-                         max_new_tokens=c.rollout.max_new_tokens, temperature=c.rollout.temperature,
-                         top_p=c.rollout.top_p, top_k=c.rollout.top_k, stop_ids=self.task.stop_ids,
-                         pad_id=self.task.pad_id)
+                         **sampling_options(c, self.task))
         rollout = jax.device_get(rollout)
         rewards_B, valid_B, strategy_B = self.task.score(problems, rollout.tokens_BxN)
         batch = pack_batch(prompt_BxP, mask_BxP, rollout, rewards_B, strategy_B)
@@ -75,7 +80,7 @@ class RolloutMaker:
         if c.rollout.samples_every and position % c.rollout.samples_every == 0:
             batch["samples"] = [{"step": position + 1, "prompt": self.task.decode(prompt_BxP[g]),
                                  "response": self.task.decode(rollout.tokens_BxN[g]), "reward": float(rewards_B[g]),
-                                 "strategy": _strategy_name(self.task, int(strategy_B[g]))} for g in range(G)]
+                                 "strategy": self.task.strategy_name(int(strategy_B[g]))} for g in range(G)]
         return batch
 
 
@@ -122,7 +127,3 @@ class InlineRollouts:
 
     def set_state(self, state: dict) -> None:
         self.position = int(state["position"])
-
-
-def _strategy_name(task, strategy: int) -> str:
-    return task.strategy_names[strategy] if 0 <= strategy < len(task.strategy_names) else "invalid/other"

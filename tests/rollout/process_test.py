@@ -13,7 +13,9 @@ from configs import common
 from dora_jax.data.tasks import make_task
 from dora_jax.rollout.process import ProcessRollouts, SamplerDiedError
 from dora_jax.rollout.source import InlineRollouts
+from dora_jax.models import param_shapes
 from dora_jax.trainer import Trainer
+from dora_jax.trainer.loop import model_config_from
 
 
 def _config(**trainer):
@@ -91,10 +93,10 @@ def test_killed_sampler_fails_fast_and_keeps_the_checkpoint(tmp_path):
 
 def test_sampler_exception_carries_its_traceback():
     config = _config()
-    model_config = Trainer.__init__.__globals__["model_config_from"](config)
+    model_config = model_config_from(config)
     config.task.name = "no_such_task"  # fails inside the sampler process only
     source = ProcessRollouts(model_config, config)
-    source.publish(jax.tree.map(np.zeros_like, _zeros(model_config)), 0)
+    source.publish(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), param_shapes(model_config)), 0)
     with pytest.raises(SamplerDiedError, match="no_such_task") as err:
         source.next_batch(0)
     assert "Traceback" in str(err.value)
@@ -106,10 +108,6 @@ def test_staleness_must_cover_the_sync_interval():
     with pytest.raises(ValueError, match="max_staleness >= sync_every - 1"):
         ProcessRollouts(None, config)
 
-
-def _zeros(model_config):
-    from dora_jax.models import param_shapes
-    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), param_shapes(model_config))
 
 
 def test_sync_every_pushes_parameters_every_other_update(tmp_path):
