@@ -18,6 +18,8 @@ setuptools.setup(
         "transformers>=4.51,<6",
         "safetensors>=0.4.3,<1",
         "tensorflow-datasets>=4.9.8,<4.10",
+        "importlib_resources>=6,<7",  # TFDS builders defined outside tfds locate their code through it
+        "pyarrow>=14,<30",  # Parquet data files
         "ml-collections>=1.0,<2",
         "grain>=0.2.10,<0.3",
         "numpy>=1.26,<3",

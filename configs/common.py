@@ -136,14 +136,78 @@ def get_config(arg=None):
 def finish(c: ml_collections.ConfigDict, arg=None) -> ml_collections.ConfigDict:
     """Applies the variants every config shares; call last in a config's get_config.
 
-    `smoke`: tiny and fast, for tests. `seeds`: three independent pipelines (seed 0, 1, 2,
+    `math`: real math from local files and models (real_math). `smoke`: tiny and fast, for tests. `seeds`: three independent pipelines (seed 0, 1, 2,
     ref and Nora rebuilt per seed) with a mean ± std table in WORKDIR/sweep.md.
     """
+    if "math" in variants(arg):
+        real_math(c)
     if "smoke" in variants(arg):
         smoke(c)
+        if "math" in variants(arg):
+            tiny_math(c)
     if "seeds" in variants(arg):
         c.sweep = "seed=0,1,2"
     return c
+
+
+def real_math(c: ml_collections.ConfigDict) -> None:
+    """The `:math` variant (SPEC §7): DeepScaleR-format training file, AIME-format eval file, a local HF model.
+
+    Set the paths: --config.ref_dir=R1_DISTILL_DIR --config.nora_dir=NORA_DIR
+    --config.task.train_data=deepscaler.jsonl --config.task.eval_data=aime2025.jsonl.
+    """
+    t = c.task = ml_collections.ConfigDict()
+    t.name = "math"
+    t.source = "files"  # files: local .json / .jsonl / .parquet | tfds: splits of a TFDS dataset built from a manual dir
+    t.train_data = "data/deepscaler.jsonl"  # comma-separated training files (tfds: a split name)
+    t.eval_data = "data/aime2025.jsonl"  # held-out file (tfds: a split name); launch/eval.py takes any
+    t.problem_field = "problem"  # column holding the problem text
+    t.answer_field = "answer"  # column holding the gold answer (text or number)
+    t.tfds_manual_dir = ""  # tfds: dir with SPLIT.jsonl / .json / .parquet files
+    t.tfds_data_dir = "~/tensorflow_datasets"  # tfds: where the prepared ArrayRecord dataset is written
+    t.tokenizer_dir = ""  # local HF dir with the tokenizer and chat template ("" = ref_dir)
+    t.chat_template = True  # wrap the problem as the chat template's user turn (False: plain text)
+    t.prompt_suffix = " Let's think step by step and output the final answer within \\boxed{}."
+    t.max_prompt_len = 1_024  # tokens; longer problems are dropped with a count
+    t.pad_multiple = 64  # prompt widths round up to this, so batches share a few compiled shapes
+    t.bucket_window = 8  # batches per length-sorting window (1 = no bucketing)
+    t.require_think_close = False  # DeepScaleR: a response without </think> scores 0 and is unformatted
+    t.allow_fallback = True  # grade "final answer is X" / "answer: X" when there is no \\boxed{}
+    t.grade_timeout_s = 2.0  # hard limit per sympy comparison (the worker process is killed past it)
+
+    c.build = ml_collections.ConfigDict()  # nothing is built: ref_dir (and nora_dir) point at local models
+    c.model.dtype = "bfloat16"  # compute; log-probs, softmax and losses stay float32
+    c.model.remat = True  # long responses: rematerialise each layer in the backward pass
+    c.mesh.data, c.mesh.fsdp = 1, -1  # shard parameters and optimizer state over every device
+    c.rollout.temperature = 0.6  # DeepSeek-R1-Distill's recommended sampling temperature
+    c.rollout.top_p = 0.95
+    c.rollout.max_new_tokens = 8_192  # DeepScaleR's first-stage context
+    c.rollout.prompts_per_step = 64  # x group_size 8 = 512 responses per update
+    c.rollout.samples_every = 5
+    c.eval.every = 20
+    c.eval.quick_problems = 30  # AIME 2025 has 30 problems
+    c.eval.samples = 16  # pass@k for k <= 16 in the final evaluation
+    c.optim.lr = 1e-6
+    c.optim.warmup_steps = 10
+    c.trainer.num_steps = 200
+    c.trainer.checkpoint_every = 10
+
+
+def tiny_math(c: ml_collections.ConfigDict) -> None:
+    """`:math,smoke`: the math pipeline at test size (a tiny local model, short prompts and responses)."""
+    c.model.dtype = "float32"
+    c.model.remat = False
+    c.mesh.data, c.mesh.fsdp = -1, 1
+    c.task.max_prompt_len = 96
+    c.task.pad_multiple = 16
+    c.task.bucket_window = 2
+    c.rollout.max_new_tokens = 12
+    c.rollout.prompts_per_step = 2
+    c.objective.group_size = 4
+    c.eval.quick_problems = 3
+    c.eval.samples = 4
+    c.optim.warmup_steps = 0
+    c.trainer.checkpoint_every = 1
 
 
 def smoke(c: ml_collections.ConfigDict) -> None:

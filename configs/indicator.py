@@ -5,7 +5,15 @@
 On the embedded default, a missing pi_ref (configs/ref_sft.py) and Nora (configs/nora_grpo.py)
 are built first and cached under config.cache_dir. The run writes metrics, samples, eval.json,
 report.md (the paper's Tables 1-2 analogues) and figures/ to the workdir.
-Variants: `:smoke` (seconds, for tests), `:beta_sweep` (beta in 0.01, 0.1, 1 with overlays).
+Variants: `:smoke` (seconds, for tests), `:beta_sweep` (beta in 0.01, 0.1, 1 with overlays),
+`:math` (real math, the paper's setting: delta 2, beta 1, group size 8; local files and models):
+
+    python launch/train.py --config=configs/indicator.py:math --config.ref_dir=R1_DISTILL_1P5B_DIR \
+        --config.nora_dir=runs/nora_grpo_math/policy --config.task.train_data=deepscaler.jsonl \
+        --config.task.eval_data=aime2025.jsonl
+
+Memory per device: `python launch/plan.py --config=configs/indicator.py:math --config.ref_dir=...`
+(README "Real math" lists the figures for 1.5B and 7B models).
 """
 
 from configs import common, nora_grpo, ref_sft

@@ -4,6 +4,11 @@
 
 GRPO raises pass@1 and collapses each problem's strategy distribution (pass@8 falls on
 problems only rare strategies solve). `configs/indicator.py` builds and caches it when missing.
+
+`:math` trains Nora from a local reasoning model on DeepScaleR-format data (SPEC §7):
+
+    python launch/train.py --config=configs/nora_grpo.py:math --config.ref_dir=R1_DISTILL_1P5B_DIR \
+        --config.task.train_data=deepscaler.jsonl --config.task.eval_data=aime2025.jsonl
 """
 
 from configs import common, ref_sft
@@ -25,4 +30,7 @@ def get_config(arg=None):
     # Trainer
     c.trainer.num_steps = 150
     c.trainer.checkpoint_every = 50
-    return common.finish(c, arg)
+    c = common.finish(c, arg)
+    if "math" in common.variants(arg):
+        c.objective.beta_kl = 0.001  # DeepScaleR's k3 KL weight: keeps long-horizon GRPO near the reference
+    return c

@@ -44,6 +44,12 @@ def run(config, workdir: str) -> dict:
             start = time.perf_counter()
             config[f"{role}_dir"], built = build_policy(config.build[role], config.cache_dir)
             timing[f"build {role}" if built else f"{role} (cached)"] = time.perf_counter() - start
+    if config.task.name != "countdown" and not config.ref_dir:
+        raise ValueError(f"config.ref_dir is empty: the {config.task.name} task trains from a local model, it builds "
+                         "none. Pass --config.ref_dir=HF_DIR (e.g. a DeepSeek-R1-Distill-Qwen dir) and, for Dora, "
+                         "--config.nora_dir=DIR of the GRPO-trained Nora.")
+    if "tokenizer_dir" in config.task and not config.task.tokenizer_dir:
+        config.task.tokenizer_dir = config.ref_dir  # the tokenizer lives with the reference model
     task = make_task(config.task)
     if config.model.vocab_size == 0:
         config.model.vocab_size = task.vocab_size
@@ -53,10 +59,12 @@ def run(config, workdir: str) -> dict:
 
     start = time.perf_counter()
     trainer = Trainer(config, workdir)
-    if trainer.model_config.vocab_size != task.vocab_size:
-        raise ValueError(f"the model's vocabulary ({trainer.model_config.vocab_size}) does not match the "
-                         f"{task.name} tokenizer ({task.vocab_size}): ref_dir={config.ref_dir!r} was built for another "
-                         "task; point ref_dir / nora_dir at checkpoints of this task or leave them empty to build them.")
+    model_vocab = trainer.model_config.vocab_size
+    if model_vocab < task.vocab_size or (task.exact_vocab and model_vocab != task.vocab_size):
+        raise ValueError(f"the model's vocabulary ({model_vocab}) does not fit the {task.name} tokenizer "
+                         f"({task.vocab_size}): ref_dir={config.ref_dir!r} was built for another task or tokenizer; "
+                         "point ref_dir / nora_dir (and task.tokenizer_dir) at the same model family, or leave them "
+                         "empty on the embedded task to build them.")
     P, N = task.prompt_len, config.rollout.max_new_tokens
     if config.objective.loss == "sft":
         source = SFTBatches(task.sft_examples(config.seed), config.sft.batch_size, config.seed, P, N)
@@ -134,9 +142,16 @@ def _built_critic_score(policy_dir: str) -> float | None:
 
 
 def evaluate_policies(config, policy_dirs: dict[str, str], out_dir: str) -> dict:
-    """pass@k of each policy (checkpoint or HF dir) and of every pair on the held-out split; writes eval.json."""
+    """pass@k of each policy (checkpoint or HF dir) and of every pair on the held-out split.
+
+    Writes OUT/eval.json, OUT/passk.md (every k up to eval.samples) and OUT/figures/.
+    """
     from dora_jax.trainer.loop import load_policy
 
+    config = copy.deepcopy(config)
+    if "tokenizer_dir" in config.task and not config.task.tokenizer_dir:
+        # The tokenizer lives with a Hugging Face model dir: the ref's, else the first policy's.
+        config.task.tokenizer_dir = config.ref_dir or next(iter(policy_dirs.values()))
     task = make_task(config.task)
     loaded = {name: load_policy(path, config) for name, path in policy_dirs.items()}
     model_config = next(iter(loaded.values())).config
@@ -145,6 +160,10 @@ def evaluate_policies(config, policy_dirs: dict[str, str], out_dir: str) -> dict
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "eval.json"), "w") as f:
         json.dump(summary, f, indent=2)
+    with open(os.path.join(out_dir, "passk.md"), "w") as f:
+        f.write(f"# pass@k on {config.task.name} ({summary['num_problems']} problems x "
+                f"{summary['samples_per_problem']} samples; mixtures take k/2 samples from each policy)\n\n")
+        f.write("\n".join(report.passk_table(summary)) + "\n")
     plots.plot_eval(summary, os.path.join(out_dir, "figures"))
     return summary
 

@@ -3,8 +3,14 @@
     python launch/eval.py --config=configs/indicator.py --out=runs/eval \
         --policy=ref=runs/indicator/... --policy=nora=DIR --policy=dora=runs/indicator/policy
 
-A policy is a dora_jax checkpoint (a workdir's `policy/`) or a Hugging Face directory.
-Writes OUT/eval.json and OUT/figures/{pass_at_k,strategies}.png and prints the table.
+A policy is a dora_jax checkpoint (a workdir's `policy/`) or a Hugging Face directory. On real
+math, evaluate on any AIME-format file:
+
+    python launch/eval.py --config=configs/indicator.py:math --config.task.eval_data=aime2025.jsonl \
+        --policy=nora=NORA_HF_DIR --policy=dora=runs/indicator_math/policy --out=runs/eval_aime
+
+Writes OUT/eval.json, OUT/passk.md (pass@k for every k up to config.eval.samples, per policy and
+per pair mixed k/2 + k/2) and OUT/figures/{pass_at_k,strategies}.png, and prints the table.
 """
 
 from absl import app, flags
@@ -28,11 +34,8 @@ def main(argv):
             raise app.UsageError(f"--policy={spec!r}: write it as NAME=DIR, e.g. --policy=nora=runs/nora/policy")
         policies[name] = path
     summary = pipeline.evaluate_policies(_CONFIG.value, policies, _OUT.value)
-    ks = sorted({int(k) for e in [*summary["policies"].values(), *summary["mixtures"].values()] for k in e["pass@k"]})
-    print("| policy | " + " | ".join(f"pass@{k}" for k in ks) + " |")
-    for name, e in [*summary["policies"].items(), *summary["mixtures"].items()]:
-        print(f"| {name} | " + " | ".join(report.fmt(e["pass@k"].get(str(k))) for k in ks) + " |")
-    print(f"Wrote {_OUT.value}/eval.json")
+    print("\n".join(report.passk_table(summary)))
+    print(f"Wrote {_OUT.value}/eval.json and {_OUT.value}/passk.md")
 
 
 if __name__ == "__main__":

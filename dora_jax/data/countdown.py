@@ -27,6 +27,8 @@ from typing import NamedTuple, Sequence, Union
 
 import numpy as np
 
+from dora_jax.data.batching import left_pad
+
 MAX_NUMBER = 12  # Problem numbers are drawn from 1..MAX_NUMBER.
 NUM_NUMBERS = 3
 MAX_TARGET = 200  # Largest target; also the largest integer token.
@@ -266,15 +268,7 @@ def sft_corpus(problems: Sequence[Problem], seed: int, samples_per_problem: int,
 
 def encode_prompts(problems: Sequence[Problem], tokenizer: Tokenizer = TOKENIZER) -> tuple[np.ndarray, np.ndarray]:
     """(prompt_BxP int32, mask_BxP int32), left-padded so every prompt ends at column P - 1."""
-    encoded = [tokenizer.encode(prompt_text(p)) for p in problems]
-    P = max((len(ids) for ids in encoded), default=0)
-    prompt_BxP = np.full((len(encoded), P), tokenizer.pad_id, np.int32)
-    mask_BxP = np.zeros((len(encoded), P), np.int32)
-    for row, ids in enumerate(encoded):
-        if ids:
-            prompt_BxP[row, P - len(ids):] = ids
-            mask_BxP[row, P - len(ids):] = 1
-    return prompt_BxP, mask_BxP
+    return left_pad([tokenizer.encode(prompt_text(p)) for p in problems], tokenizer.pad_id)
 
 
 def solvable_matrix(problems: Sequence[Problem]) -> np.ndarray:

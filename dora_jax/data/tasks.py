@@ -4,7 +4,8 @@
     prompt_BxP, mask_BxP = task.prompts(problems)
     rewards_B, valid_B, strategy_B = task.score(problems, response_BxN)   # G responses per problem
 
-The embedded Countdown world (SPEC §7) is the default; a task is anything with these members.
+The embedded Countdown world (SPEC §7) is the default; `math` reads DeepScaleR / AIME-format files
+(`dora_jax.data.math_task`). A task is anything with these members.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from dora_jax.data import countdown
+from dora_jax.data.math_task import MathTask
 from dora_jax.rewards import countdown as countdown_reward
 
 
@@ -21,6 +23,7 @@ class CountdownTask:
     name = "countdown"
     strategy_names = tuple(t.name for t in countdown.TEMPLATES)
     rare_strategies = tuple(i for i, w in enumerate(countdown.SFT_WEIGHTS) if w <= countdown.RARE_MAX_WEIGHT)
+    exact_vocab = True  # the model is built for this tokenizer: another vocabulary means a model of another task
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -65,7 +68,7 @@ class CountdownTask:
         return {split: countdown.describe(problems) for split, problems in self.splits.items()}
 
 
-TASKS = {"countdown": CountdownTask}
+TASKS = {"countdown": CountdownTask, "math": MathTask}
 
 
 def make_task(cfg):

@@ -112,4 +112,5 @@ def summarize(results: dict[str, dict[str, np.ndarray]], task, rare_only: np.nda
         summary["mixtures"][f"{a}+{b}"] = {"pass@k": pass_k}
     any_result = next(iter(results.values()))
     summary["num_problems"], summary["samples_per_problem"] = any_result["correct"].shape
+    summary["labelled_strategies"] = bool(task.strategy_names)
     return summary

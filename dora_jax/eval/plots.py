@@ -75,6 +75,8 @@ def plot_eval(summary: dict, out_dir: str) -> list[str]:
     passk_path = os.path.join(out_dir, "pass_at_k.png")
     fig.savefig(passk_path, dpi=120)
     plt.close(fig)
+    if not summary.get("labelled_strategies", True):
+        return [passk_path]
 
     policies = summary["policies"]
     names = list(next(iter(policies.values()))["strategy_counts"])

@@ -35,7 +35,7 @@ def checks(summary: dict, kl: float | None) -> list[tuple[str, bool, str]]:
     """The paper's phenomenon as measurable statements: (claim, holds, measured)."""
     p = summary["policies"]
     out = []
-    if "ref" in p and "nora" in p:
+    if "ref" in p and "nora" in p and summary.get("labelled_strategies", True):
         r, n = p["ref"]["strategy_entropy"], p["nora"]["strategy_entropy"]
         out.append(("Nora's per-problem strategy entropy <= 60% of Ref's (mode collapse)", n <= 0.6 * r,
                     f"{n:.3f} vs {r:.3f} bits ({n / max(r, 1e-9):.0%})"))
@@ -74,18 +74,9 @@ def write_report(workdir: str, config, summary: dict, records: list[dict], criti
     cols = [c for c in _TABLE2 if _lookup(summary, c, k8) is not None]
     lines += ["", f"## Table 2: pass@{k8}", "", "| " + " | ".join(_label(c) for c in cols) + " |",
               "|" + "---|" * len(cols), "| " + " | ".join(f"{_lookup(summary, c, k8):.3f}" for c in cols) + " |"]
-    lines += ["", "## Strategy diversity", "",
-              "| policy | per-problem strategy entropy (bits) | of correct samples | distinct correct strategies "
-              f"| rare-only problems pass@{k8} |", "|---|---|---|---|---|"]
-    for name, e in p.items():
-        rare = e.get("rare_only", {})
-        lines.append(f"| {_label(name)} | {e['strategy_entropy']:.3f} | {e['correct_strategy_entropy']:.3f} | "
-                     f"{e['distinct_correct_strategies']:.2f} | {fmt(rare.get(f'pass@{k8}'))} "
-                     f"({rare.get('problems', 0)} problems) |")
-    ks = sorted({int(k) for e in [*p.values(), *summary["mixtures"].values()] for k in e["pass@k"]})
-    lines += ["", "## pass@k", "", "| policy | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
-    for name, e in [*p.items(), *summary["mixtures"].items()]:
-        lines.append(f"| {_label(name)} | " + " | ".join(fmt(e["pass@k"].get(str(k))) for k in ks) + " |")
+    if summary.get("labelled_strategies", True):
+        lines += _diversity_table(p, k8)
+    lines += ["", "## pass@k", "", *passk_table(summary)]
     found = checks(summary, kl)
     if found:
         lines += ["", "## The phenomenon, measured", "", "| claim | holds | measured |", "|---|---|---|"]
@@ -99,6 +90,28 @@ def write_report(workdir: str, config, summary: dict, records: list[dict], criti
     with open(os.path.join(workdir, "report.md"), "w") as f:
         f.write(text)
     return text
+
+
+def _diversity_table(policies: dict, k8: int) -> list[str]:
+    lines = ["", "## Strategy diversity", "",
+             "| policy | per-problem strategy entropy (bits) | of correct samples | distinct correct strategies "
+             f"| rare-only problems pass@{k8} |", "|---|---|---|---|---|"]
+    for name, e in policies.items():
+        rare = e.get("rare_only", {})
+        lines.append(f"| {_label(name)} | {e['strategy_entropy']:.3f} | {e['correct_strategy_entropy']:.3f} | "
+                     f"{e['distinct_correct_strategies']:.2f} | {fmt(rare.get(f'pass@{k8}'))} "
+                     f"({rare.get('problems', 0)} problems) |")
+    return lines
+
+
+def passk_table(summary: dict) -> list[str]:
+    """pass@k for every k of every policy and mixture, as markdown lines."""
+    entries = [*summary["policies"].items(), *summary["mixtures"].items()]
+    ks = sorted({int(k) for _, e in entries for k in e["pass@k"]})
+    lines = ["| policy | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    lines += [f"| {_label(name)} | " + " | ".join(fmt(e["pass@k"].get(str(k))) for k in ks) + " |"
+              for name, e in entries]
+    return lines
 
 
 def _last(records: list[dict], key: str):

@@ -78,8 +78,9 @@ class RolloutMaker:
                                  "rollout/finished_frac": float(np.mean(rollout.finish_B == 0))}
         batch["samples"] = []
         if c.rollout.samples_every and position % c.rollout.samples_every == 0:
-            batch["samples"] = [{"step": position + 1, "prompt": self.task.decode(prompt_BxP[g]),
-                                 "response": self.task.decode(rollout.tokens_BxN[g]), "reward": float(rewards_B[g]),
+            batch["samples"] = [{"step": position + 1, "prompt": self.task.decode(prompt_BxP[g][mask_BxP[g] > 0]),
+                                 "response": self.task.decode(rollout.tokens_BxN[g][rollout.mask_BxN[g] > 0]),
+                                 "reward": float(rewards_B[g]),
                                  "strategy": self.task.strategy_name(int(strategy_B[g]))} for g in range(G)]
         return batch
 
