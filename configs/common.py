@@ -6,6 +6,8 @@ Each field has a one-line comment with its meaning and units. Configs return an
 
 import ml_collections
 
+from dora_jax.rewards import diversity
+
 
 def variants(arg) -> set[str]:
     """The comma-separated variant names of `--config=configs/x.py:VARIANT[,VARIANT]`."""
@@ -48,6 +50,7 @@ def get_config(arg=None):
     # Policies: where the three parameter trees come from ("" = random init, for tests).
     c.ref_dir = ""  # HF dir or dora_jax checkpoint of the reference model pi_ref
     c.nora_dir = ""  # HF dir or dora_jax checkpoint of Nora, the exploitation policy (frozen)
+    c.dora_dir = ""  # a trained Dora to distill into Nora (configs/distill.py; "" = none)
     c.dora_init = "nora"  # Dora's initial parameters: "nora" (paper default) or "ref"
 
     # Objective
@@ -67,6 +70,11 @@ def get_config(arg=None):
     c.objective.credit = "token"  # dora_clipped credit: token (immediate) | return (reverse cumulative)
     c.objective.k = 4  # k of pass@k-style advantages
     c.objective.set_size = 4  # n of set advantages (poly_epo, pass_at_k)
+    c.objective.diversity_bonus = 0.5  # lambda of the grpo_diversity advantage (novel correct strategies)
+    c.objective.log_kl_nora = False  # score Nora for kl/dora_nora_* even when the loss does not read her
+
+    # Diversity: strategy cluster ids for set advantages (dora_jax.rewards.diversity).
+    c.diversity = diversity.default_config()
 
     # Optimizer
     c.optim = ml_collections.ConfigDict()
@@ -105,6 +113,7 @@ def get_config(arg=None):
     c.rollout.max_staleness = 0  # process mode: drop batches sampled more than this many updates ago (0 = on-policy)
     c.rollout.queue_size = 2  # process mode: batches the sampler may run ahead
     c.rollout.samples_every = 10  # updates between sampled-text dumps to samples.jsonl (one group each)
+    c.rollout.handover_window = 0  # tokens per Dora / Nora window in handover sampling (paper §5.2; 0 = off)
 
     # Evaluation on held-out problems
     c.eval = ml_collections.ConfigDict()
@@ -129,6 +138,16 @@ def get_config(arg=None):
     # SFT (configs/ref_sft.py): batches of corpus examples instead of rollouts.
     c.sft = ml_collections.ConfigDict()
     c.sft.batch_size = 256  # sequences per update
+
+    # Distillation (configs/distill.py): Nora fine-tuned on Dora's correct samples when dora_dir is set.
+    c.distill = ml_collections.ConfigDict()
+    c.distill.samples_per_problem = 8  # Dora's samples per training problem
+    c.distill.rare_only = True  # keep only strategies Nora rarely uses on that problem
+    c.distill.rare_share = 0.25  # "rarely": in fewer than this share of Nora's own samples on the problem
+
+    # Distributed: devices the inline sampler owns (dora_jax.trainer.sharding.split_devices).
+    c.rollout.sampler_devices = 0  # devices set aside for sampling, in total over processes (0 = share the learner's)
+    c.rollout.sampler_tensor = 1  # tensor-parallel width of the sampler's mesh; its other devices split the rows
 
     return c
 
@@ -189,6 +208,7 @@ def real_math(c: ml_collections.ConfigDict) -> None:
     c.eval.samples = 16  # pass@k for k <= 16 in the final evaluation
     c.optim.lr = 1e-6
     c.optim.warmup_steps = 10
+    c.optim.grad_accum = 16  # 32 rows per micro-batch: launch/plan.py puts a 1.5B model at 56 GiB per device on fsdp=8
     c.trainer.num_steps = 200
     c.trainer.checkpoint_every = 10
 
@@ -207,6 +227,7 @@ def tiny_math(c: ml_collections.ConfigDict) -> None:
     c.eval.quick_problems = 3
     c.eval.samples = 4
     c.optim.warmup_steps = 0
+    c.optim.grad_accum = 1
     c.trainer.checkpoint_every = 1
 
 

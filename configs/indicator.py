@@ -6,6 +6,7 @@ On the embedded default, a missing pi_ref (configs/ref_sft.py) and Nora (configs
 are built first and cached under config.cache_dir. The run writes metrics, samples, eval.json,
 report.md (the paper's Tables 1-2 analogues) and figures/ to the workdir.
 Variants: `:smoke` (seconds, for tests), `:beta_sweep` (beta in 0.01, 0.1, 1 with overlays),
+`:handover` (paper §5.2: responses alternate between Dora and Nora every 2 tokens; Dora learns on hers),
 `:math` (real math, the paper's setting: delta 2, beta 1, group size 8; local files and models):
 
     python launch/train.py --config=configs/indicator.py:math --config.ref_dir=R1_DISTILL_1P5B_DIR \
@@ -41,4 +42,8 @@ def get_config(arg=None):
     c.trainer.stop_kl = 0.3
     if "beta_sweep" in common.variants(arg):
         c.sweep = "objective.beta=0.01,0.1,1"
+    if "handover" in common.variants(arg):
+        # Paper §5.2: Dora and Nora alternate every 2 tokens within each response; Dora's loss
+        # covers her own windows only (Countdown answers are 5-9 tokens).
+        c.rollout.handover_window = 2
     return common.finish(c, arg)

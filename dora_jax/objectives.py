@@ -436,6 +436,23 @@ def _pass_at_k(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: Any) 
     return set_advantages(pass_at_k_score, rewards_PxG, None, getattr(hp, "set_size", 4))
 
 
+@register_advantage("grpo_diversity")
+def _grpo_diversity(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: Any) -> jax.Array:
+    """GRPO on a diversity-shaped reward: r_i + lambda * r_i / m_i, where m_i counts the group's
+    rewarded responses in i's cluster (lambda = hp.diversity_bonus; cluster -1 earns no bonus).
+
+    A correct response with a strategy no other correct sample used earns the full bonus; the
+    baseline of the set-RL comparison (a per-sample novelty bonus instead of a set score).
+    """
+    if clusters_PxG is None:
+        raise ValueError("grpo_diversity needs cluster ids (config.diversity).")
+    rewarded_PxG = rewards_PxG > 0
+    same_PxGxG = (clusters_PxG[:, :, None] == clusters_PxG[:, None, :]) & rewarded_PxG[:, None, :]
+    m_PxG = jnp.sum(same_PxGxG, axis=-1)
+    novelty_PxG = jnp.where(rewarded_PxG & (clusters_PxG >= 0), 1.0 / jnp.maximum(m_PxG, 1), 0.0)
+    return grpo_advantages(rewards_PxG + getattr(hp, "diversity_bonus", 0.5) * rewards_PxG * novelty_PxG)
+
+
 @register_advantage("pass_at_k_analytic")
 def _pass_at_k_analytic(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: Any) -> jax.Array:
     """Chen et al. 2025 analytic Pass@k-training advantage with k = hp.k (default 4)."""

@@ -17,6 +17,8 @@ import os
 import shutil
 import time
 
+from dora_jax import distributed
+from dora_jax.data.distill import distill_corpus
 from dora_jax.data.sft import SFTBatches
 from dora_jax.data.tasks import make_task
 from dora_jax.eval import plots, report
@@ -25,6 +27,7 @@ from dora_jax.models import checkpoint
 from dora_jax.rollout.process import ProcessRollouts
 from dora_jax.rollout.source import InlineRollouts
 from dora_jax.trainer import Trainer
+from dora_jax.trainer.loop import load_policy
 
 POLICY_DIR = "policy"  # the trained policy, exported as a model checkpoint inside the workdir
 
@@ -39,7 +42,7 @@ def run(config, workdir: str) -> dict:
     for built in _with_builds(config)[1:]:
         built.task = copy.deepcopy(config.task)
     timing: dict[str, float] = {}
-    for role in ("ref", "nora"):
+    for role in ("ref", "nora", "dora"):
         if not config[f"{role}_dir"] and role in config.build:
             start = time.perf_counter()
             config[f"{role}_dir"], built = build_policy(config.build[role], config.cache_dir)
@@ -54,8 +57,10 @@ def run(config, workdir: str) -> dict:
     if config.model.vocab_size == 0:
         config.model.vocab_size = task.vocab_size
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    chief = distributed.is_chief()  # in a multi-process run, process 0 writes the files a run has one of
+    if chief:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
     start = time.perf_counter()
     trainer = Trainer(config, workdir)
@@ -66,28 +71,37 @@ def run(config, workdir: str) -> dict:
                          "point ref_dir / nora_dir (and task.tokenizer_dir) at the same model family, or leave them "
                          "empty on the embedded task to build them.")
     P, N = task.prompt_len, config.rollout.max_new_tokens
+    evaluator = Evaluator(task, trainer.model_config, config)
+    dora = load_policy(config.dora_dir, config).params if config.dora_dir else None  # distillation's teacher
     if config.objective.loss == "sft":
-        source = SFTBatches(task.sft_examples(config.seed), config.sft.batch_size, config.seed, P, N)
+        corpus = (distill_corpus(evaluator, task.splits["rl"], dora, trainer.frozen["nora"], config.distill, config.seed)
+                  if dora is not None else task.sft_examples(config.seed))
+        source = SFTBatches(corpus, config.sft.batch_size, config.seed, P, N)
     elif config.rollout.mode == "inline":
-        source = InlineRollouts(task, trainer.model_config, config, trainer.samples_path)
+        source = InlineRollouts(task, trainer.model_config, config, trainer.samples_path,
+                                nora_params=trainer.frozen["nora"] if config.rollout.handover_window else None)
     elif config.rollout.mode == "process":
         source = ProcessRollouts(trainer.model_config, config, trainer.samples_path)
     else:
         raise ValueError(f"config.rollout.mode={config.rollout.mode!r}: use 'inline' or 'process'.")
-    evaluator = Evaluator(task, trainer.model_config, config)
     trainer.run(source, evaluate=evaluator.quick, eval_every=config.eval.every, desc=f"train {config.name}")
     _export(trainer, os.path.join(workdir, POLICY_DIR))
     timing[f"train {config.name}"] = time.perf_counter() - start
 
     start = time.perf_counter()
     policies = {name: trainer.frozen[name] for name in ("ref", "nora") if config[f"{name}_dir"]}
+    if dora is not None:
+        policies["dora"] = dora
     policies[config.name] = trainer.state.params
     summary = summarize(evaluator.final(policies), task, evaluator.rare_only)
     timing["final evaluation"] = time.perf_counter() - start
     records = plots.read_metrics(workdir)
     critic = {name: _built_critic_score(config[f"{name}_dir"]) for name in policies if name != config.name}
     critic[config.name] = report.critic_score(records) if config.objective.loss != "sft" else None
-    summary.update(timing=timing, critic_score=critic, stopped_early=trainer.stopped_early)
+    summary.update(timing=timing, critic_score=critic, stopped_early=trainer.stopped_early,
+                   kl_to_nora=report.last_value(records, "kl/dora_nora_token"))
+    if not chief:
+        return summary
     with open(os.path.join(workdir, "eval.json"), "w") as f:
         json.dump(summary, f, indent=2)
     figures = os.path.join(workdir, "figures")
@@ -121,12 +135,18 @@ def cache_key(config) -> str:
 
 
 def _export(trainer: Trainer, out_dir: str) -> None:
-    """Writes the policy next to its final name, then renames, so a half-written export is never used."""
+    """Writes the policy next to its final name, then renames, so a half-written export is never used.
+
+    Every process exports (a collective); process 0 alone clears and renames.
+    """
     tmp = out_dir + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.export(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    chief = distributed.is_chief()
+    if chief:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.export(tmp)  # starts by gathering from every process, so no process writes before tmp is cleared
+    if chief:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(tmp, out_dir)
 
 
 def _built_critic_score(policy_dir: str) -> float | None:
@@ -146,8 +166,6 @@ def evaluate_policies(config, policy_dirs: dict[str, str], out_dir: str) -> dict
 
     Writes OUT/eval.json, OUT/passk.md (every k up to eval.samples) and OUT/figures/.
     """
-    from dora_jax.trainer.loop import load_policy
-
     config = copy.deepcopy(config)
     if "tokenizer_dir" in config.task and not config.task.tokenizer_dir:
         # The tokenizer lives with a Hugging Face model dir: the ref's, else the first policy's.
@@ -157,6 +175,8 @@ def evaluate_policies(config, policy_dirs: dict[str, str], out_dir: str) -> dict
     model_config = next(iter(loaded.values())).config
     evaluator = Evaluator(task, model_config, config)
     summary = summarize(evaluator.final({n: lm.params for n, lm in loaded.items()}), task, evaluator.rare_only)
+    if not distributed.is_chief():
+        return summary
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "eval.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -190,12 +210,49 @@ def sweep(config, workdir: str) -> dict:
         label = f"{field.split('.')[-1]}={value}"
         summaries[label] = run(c, os.path.join(workdir, label))
         runs[label] = plots.read_metrics(os.path.join(workdir, label))
-    plots.plot_curves(runs, os.path.join(workdir, "figures"))
-    text = report.sweep_table(field, summaries, runs, config.name)
-    with open(os.path.join(workdir, "sweep.md"), "w") as f:
-        f.write(text)
-    print(text)
+    if distributed.is_chief():
+        plots.plot_curves(runs, os.path.join(workdir, "figures"))
+        text = report.sweep_table(field, summaries, runs, config.name)
+        with open(os.path.join(workdir, "sweep.md"), "w") as f:
+            f.write(text)
+        print(text)
     return {"runs": summaries}
+
+
+def load_config(spec: str):
+    """The config of `path/to/config.py[:VARIANT]`, as `--config=` reads it."""
+    import importlib.util
+
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    if module_spec is None or not os.path.exists(path):
+        raise ValueError(f"{spec!r}: no config file {path!r}; write e.g. configs/polyepo.py:pass_at_k.")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def compare(specs: list[str], seeds: list[int], workdir: str, overrides: dict | None = None) -> dict:
+    """Runs each config for each seed (ref and Nora built per seed, shared by the configs), then writes
+    WORKDIR/compare.md (mean ± sample std per method) and WORKDIR/figures/compare_pass_at_k.png."""
+    summaries: dict[str, dict[int, dict]] = {}
+    for seed in seeds:
+        for spec in specs:
+            c = load_config(spec)
+            label = os.path.basename(spec).replace(".py", "").removesuffix(":smoke").replace(",smoke", "")
+            for target in _with_builds(c):  # Ref and Nora are reseeded too: each seed is its own pipeline
+                target.seed = seed
+            c.update_from_flattened_dict(overrides or {})
+            summaries.setdefault(label, {})[seed] = run(c, os.path.join(workdir, f"seed={seed}", label.replace(":", "_")))
+            # Rewritten after every run, so an interrupted comparison keeps a table of what finished.
+            text = report.compare_table(summaries, seeds)
+            if distributed.is_chief():
+                with open(os.path.join(workdir, "compare.md"), "w") as f:
+                    f.write(text)
+    if distributed.is_chief():
+        plots.plot_compare(summaries, os.path.join(workdir, "figures"))
+        print(text)
+    return summaries
 
 
 def _with_builds(config) -> list:

@@ -499,3 +499,15 @@ def test_register_new_objectives():
     finally:
         obj.LOSSES.pop("test_only_loss")
         obj.ADVANTAGES.pop("test_only_adv")
+
+
+def test_grpo_diversity_golden():
+    # Group: correct with strategy 0 twice, correct with strategy 1 once, one wrong, one correct without strategy.
+    rewards = jnp.array([[1.0, 1.0, 1.0, 0.0, 1.0]])
+    clusters = jnp.array([[0, 0, 1, 0, -1]])
+    hp = types.SimpleNamespace(diversity_bonus=0.5)
+    shaped = np.array([[1 + 0.5 / 2, 1 + 0.5 / 2, 1 + 0.5 / 1, 0.0, 1.0]])
+    want = (shaped - shaped.mean()) / (shaped.std(ddof=1) + 1e-6)
+    got = obj.get_advantage("grpo_diversity")(rewards, clusters, hp)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert got[0, 2] > got[0, 0] > got[0, 4] > got[0, 3]  # a novel correct strategy earns the most

@@ -7,7 +7,9 @@ import sys
 
 import numpy as np
 
-from configs import clipped, indicator, nora_grpo
+import pytest
+
+from configs import clipped, distill, indicator, nora_grpo, polyepo
 from dora_jax import pipeline
 from tests import math_world
 
@@ -46,9 +48,15 @@ def test_indicator_pipeline_writes_the_workdir_and_reuses_the_cache(tmp_path, ca
     assert out.count("Using the cached") == 2 and "building it into" not in out
 
 
-def test_clipped_trains_dora(tmp_path):
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One cache of built smoke policies for the tests below."""
+    return tmp_path_factory.mktemp("shared")
+
+
+def test_clipped_trains_dora(shared, tmp_path):
     workdir = tmp_path / "clipped"
-    pipeline.run(_smoke(clipped, tmp_path), str(workdir))
+    pipeline.run(_smoke(clipped, shared), str(workdir))
     records = [json.loads(line) for line in open(workdir / "metrics.jsonl")][1:]
     assert all(r["grad_norm"] > 0 and r["update_norm"] > 0 for r in records)
     assert np.isfinite([r["objective/clip_frac_low"] for r in records]).all()
@@ -99,3 +107,52 @@ def test_math_grpo_then_dora_then_eval_on_files(tmp_path):
     table = (out / "passk.md").read_text()
     assert "| policy | k=1 | k=2 | k=4 |" in table and "| Dora+Ref |" in table
     assert json.loads((out / "eval.json").read_text())["num_problems"] == 5
+
+
+@pytest.mark.parametrize("variant", ["smoke", "pass_at_k,smoke", "grpo_diversity,smoke"])
+def test_set_rl_trains_from_ref_with_the_shared_trainer(shared, tmp_path, variant):
+    c = _smoke(polyepo, shared, variant)
+    summary = pipeline.run(c, str(tmp_path / c.name))
+    assert set(summary["policies"]) == {"ref", "nora", c.name}
+    records = [json.loads(line) for line in open(tmp_path / c.name / "metrics.jsonl")][1:]
+    # The smoke Ref rarely solves a problem, so advantages may be 0; the run must still go through the
+    # shared sampler -> scorer (Nora included, for the KL) -> update path and log every metric.
+    assert len(records) == 4 and all(np.isfinite([r["kl/dora_nora_token"], r["advantage/abs_mean"], r["loss"]]).all()
+                                     for r in records)
+
+
+def test_handover_trains_dora_on_her_own_windows(shared, tmp_path):
+    summary = pipeline.run(_smoke(indicator, shared, "handover,smoke"), str(tmp_path / "handover"))
+    assert "dora+nora" in summary["mixtures"]
+    records = [json.loads(line) for line in open(tmp_path / "handover" / "metrics.jsonl")][1:]
+    # Windows of 2 tokens alternate from Dora: she draws about half of every response's tokens.
+    assert all(0.4 < r["handover/dora_token_frac"] < 0.7 for r in records)
+
+
+def test_distill_fine_tunes_nora_on_doras_correct_samples(shared, tmp_path, monkeypatch):
+    # The smoke Dora solves nothing, so the STaR filter (tests/data/distill_test.py) would keep nothing:
+    # stand in the task's own solutions for her correct samples and check the rest of the pipeline.
+    calls = []
+
+    def corpus(evaluator, problems, dora, nora, cfg, seed):
+        calls.append((len(problems), cfg.samples_per_problem))
+        return evaluator.task.sft_examples(seed)
+
+    monkeypatch.setattr(pipeline, "distill_corpus", corpus)
+    c = _smoke(distill, shared, "smoke")
+    summary = pipeline.run(c, str(tmp_path / "distill"))
+    assert calls and calls[0][0] > 0
+    assert set(summary["policies"]) == {"ref", "nora", "dora", "distill"}
+    assert "distill+nora" in summary["mixtures"] and "dora+nora" in summary["mixtures"]
+    assert "Nora-distilled" in (tmp_path / "distill" / "report.md").read_text()
+
+
+def test_compare_writes_one_table_and_plot(shared, tmp_path):
+    out = tmp_path / "compare"
+    summaries = pipeline.compare(["configs/indicator.py:smoke", "configs/polyepo.py:smoke"], [0], str(out),
+                                 {"cache_dir": str(shared), "eval.samples": 8})
+    assert set(summaries) == {"indicator", "polyepo"}
+    table = (out / "compare.md").read_text()
+    for row in ("| Ref (SFT) |", "| Nora (GRPO) |", "| indicator |", "| polyepo |"):
+        assert row in table
+    assert "pass@32" in table and (out / "figures" / "compare_pass_at_k.png").exists()

@@ -38,7 +38,8 @@ class Evaluator:
         self.rare_only = None if rare is None else rare[: len(problems)]  # aligned with self.problems
 
     def sample(self, params, problems, n: int, seed: int, desc: str | None = None) -> dict[str, np.ndarray]:
-        """n samples per problem: {"correct", "valid", "strategy", "length"} arrays [len(problems), n]."""
+        """n samples per problem: {"correct", "valid", "strategy", "length"} arrays [len(problems), n], and "tokens"
+        [len(problems), n, max_new_tokens] with "mask" marking each response's real tokens."""
         c, rows = self.config, self.rows
         prompt_QxP, mask_QxP = self.task.prompts(problems)
         prompt_BxP, mask_BxP = np.repeat(prompt_QxP, n, axis=0), np.repeat(mask_QxP, n, axis=0)
@@ -47,18 +48,20 @@ class Evaluator:
         pad = chunks * rows - total
         prompt_BxP = np.concatenate([prompt_BxP, np.repeat(prompt_BxP[-1:], pad, axis=0)])
         mask_BxP = np.concatenate([mask_BxP, np.repeat(mask_BxP[-1:], pad, axis=0)])
-        tokens, lengths = [], []
+        tokens, masks, lengths = [], [], []
         for i in tqdm.trange(chunks, desc=desc, disable=desc is None or not c.trainer.progress, leave=False):
             sl = slice(i * rows, (i + 1) * rows)
             out = sample(self.model_config, (params,), prompt_BxP[sl], mask_BxP[sl], row_keys(seed, i, rows),
                          **sampling_options(c, self.task))
             tokens.append(np.asarray(out.tokens_BxN))
+            masks.append(np.asarray(out.mask_BxN))
             lengths.append(np.asarray(out.lengths_B))
         tokens_BxN = np.concatenate(tokens)[:total]
         rewards, valid, strategy = self.task.score(problems, tokens_BxN)
         shape = (len(problems), n)
         return {"correct": (rewards > 0).reshape(shape), "valid": valid.reshape(shape),
-                "strategy": strategy.reshape(shape), "length": np.concatenate(lengths)[:total].reshape(shape)}
+                "strategy": strategy.reshape(shape), "length": np.concatenate(lengths)[:total].reshape(shape),
+                "tokens": tokens_BxN.reshape(*shape, -1), "mask": np.concatenate(masks)[:total].reshape(*shape, -1)}
 
     def quick(self, params, step: int) -> dict[str, float]:
         """A cheap held-out estimate for the training curves."""

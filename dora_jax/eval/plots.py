@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: runs on headless machines
-import matplotlib.pyplot as plt  # noqa: E402
+# No backend is forced: headless machines fall back to Agg, and notebooks keep inline figures.
+import matplotlib.pyplot as plt
 
 # metrics.jsonl key -> (file stem, axis label): the curves of the paper's Figures 2-9.
 CURVES = {
@@ -61,20 +59,9 @@ def plot_curves(runs: dict[str, list[dict]], out_dir: str) -> list[str]:
 def plot_eval(summary: dict, out_dir: str) -> list[str]:
     """pass@k vs k per policy and mixture, and each policy's strategy usage (the Figure-1 picture)."""
     os.makedirs(out_dir, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for name, entry in [*summary["policies"].items(), *summary["mixtures"].items()]:
-        ks = sorted(int(k) for k in entry["pass@k"])
-        ax.plot(ks, [entry["pass@k"][str(k)] for k in ks], marker="o", ms=3, label=name,
-                linestyle="--" if "+" in name else "-")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("k")
-    ax.set_ylabel("pass@k (held-out)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    passk_path = os.path.join(out_dir, "pass_at_k.png")
-    fig.savefig(passk_path, dpi=120)
-    plt.close(fig)
+    curves = {name: ({int(k): v for k, v in entry["pass@k"].items()}, "--" if "+" in name else "-")
+              for name, entry in [*summary["policies"].items(), *summary["mixtures"].items()]}
+    passk_path = _plot_passk(curves, "pass@k (held-out)", os.path.join(out_dir, "pass_at_k.png"))
     if not summary.get("labelled_strategies", True):
         return [passk_path]
 
@@ -94,3 +81,34 @@ def plot_eval(summary: dict, out_dir: str) -> list[str]:
     fig.savefig(strategies_path, dpi=120)
     plt.close(fig)
     return [passk_path, strategies_path]
+
+
+def plot_compare(summaries: dict[str, dict[int, dict]], out_dir: str) -> str:
+    """pass@k vs k, one curve per method (mean over seeds), plus Ref and Nora from the first method's runs."""
+    os.makedirs(out_dir, exist_ok=True)
+    first = next(iter(summaries.values()))
+    runs = {"Ref": [(s, "ref") for s in first.values()], "Nora": [(s, "nora") for s in first.values()]}
+    runs.update({label: [(s, list(s["policies"])[-1]) for s in per_seed.values()] for label, per_seed in summaries.items()})
+    curves = {}
+    for label, pairs in runs.items():
+        ks = sorted(int(k) for k in pairs[0][0]["policies"][pairs[0][1]]["pass@k"])
+        curves[label] = ({k: sum(s["policies"][n]["pass@k"][str(k)] for s, n in pairs) / len(pairs) for k in ks},
+                         ":" if label in ("Ref", "Nora") else "-")
+    return _plot_passk(curves, "pass@k (held-out, mean over seeds)", os.path.join(out_dir, "compare_pass_at_k.png"))
+
+
+def _plot_passk(curves: dict[str, tuple[dict[int, float], str]], ylabel: str, path: str) -> str:
+    """pass@k vs k (log2 axis), one line per {label: ({k: value}, linestyle)}."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for label, (values, style) in curves.items():
+        ks = sorted(values)
+        ax.plot(ks, [values[k] for k in ks], marker="o", ms=3, label=label, linestyle=style)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 # Display order and labels of policies and mixtures in the tables.
-_LABEL = {"ref": "Ref", "nora": "Nora", "dora": "Dora"}
+_LABEL = {"ref": "Ref", "nora": "Nora", "dora": "Dora", "distill": "Nora-distilled"}
 _TABLE2 = ("ref", "nora", "dora", "dora+nora", "dora+ref", "nora+ref")
 
 
@@ -52,6 +52,14 @@ def checks(summary: dict, kl: float | None) -> list[tuple[str, bool, str]]:
         if dn is not None and nr is not None:
             out.append((f"Dora+Nora pass@{k} > Nora+Ref pass@{k} (Dora found what Ref does not offer)", dn > nr,
                         f"{dn:.3f} vs {nr:.3f}"))
+    if "distill" in p and "nora" in p:
+        d, n = p["distill"]["accuracy"], p["nora"]["accuracy"]
+        out.append(("Nora-distilled pass@1 >= Nora pass@1 (distillation keeps what Nora knew)", d >= n,
+                    f"{d:.3f} vs {n:.3f} ({d - n:+.3f})"))
+        k = 8 if "8" in p["nora"]["pass@k"] else max(int(x) for x in p["nora"]["pass@k"])
+        dk, nk, dn = p["distill"]["pass@k"][str(k)], p["nora"]["pass@k"][str(k)], _lookup(summary, "dora+nora", k)
+        out.append((f"Nora-distilled pass@{k} > Nora pass@{k}", dk > nk, f"{dk:.3f} vs {nk:.3f}"
+                    + (f" (Dora+Nora: {dn:.3f})" if dn is not None else "")))
     return out
 
 
@@ -60,7 +68,7 @@ def write_report(workdir: str, config, summary: dict, records: list[dict], criti
     """Writes workdir/report.md and returns its text."""
     p = summary["policies"]
     k8 = 8 if all("8" in e["pass@k"] for e in p.values()) else min(max(int(x) for x in e["pass@k"]) for e in p.values())
-    kl = _last(records, "kl/dora_nora_token")
+    kl = last_value(records, "kl/dora_nora_token")
     lines = [f"# {config.name}: {config.objective.loss} on {config.task.name}", "",
              f"Held-out problems: {summary['num_problems']}, {summary['samples_per_problem']} samples each at "
              f"temperature {config.rollout.temperature}. Updates: {config.trainer.num_steps}, lr {config.optim.lr}"
@@ -71,7 +79,8 @@ def write_report(workdir: str, config, summary: dict, records: list[dict], criti
              "| policy | accuracy (pass@1) | critic score | valid answers |", "|---|---|---|---|"]
     for name, e in p.items():
         lines.append(f"| {_label(name)} | {e['accuracy']:.3f} | {fmt(critic.get(name))} | {e['valid_frac']:.3f} |")
-    cols = [c for c in _TABLE2 if _lookup(summary, c, k8) is not None]
+    extra = () if config.name in ("ref", "nora", "dora") else (config.name, f"{config.name}+nora")
+    cols = [c for c in _TABLE2 + extra if _lookup(summary, c, k8) is not None]
     lines += ["", f"## Table 2: pass@{k8}", "", "| " + " | ".join(_label(c) for c in cols) + " |",
               "|" + "---|" * len(cols), "| " + " | ".join(f"{_lookup(summary, c, k8):.3f}" for c in cols) + " |"]
     if summary.get("labelled_strategies", True):
@@ -114,7 +123,8 @@ def passk_table(summary: dict) -> list[str]:
     return lines
 
 
-def _last(records: list[dict], key: str):
+def last_value(records: list[dict], key: str):
+    """The last logged value of a metric (None if never logged)."""
     return next((r[key] for r in reversed(records) if key in r), None)
 
 
@@ -131,7 +141,7 @@ def sweep_table(field: str, summaries: dict[str, dict], runs: dict[str, list[dic
         "Ref entropy": lambda s, r: s["policies"].get("ref", {}).get("strategy_entropy"),
         "Nora entropy": lambda s, r: s["policies"].get("nora", {}).get("strategy_entropy"),
         f"{_label(name)} entropy": lambda s, r: s["policies"].get(name, {}).get("strategy_entropy"),
-        "KL(Dora||Nora)": lambda s, r: _last(r, "kl/dora_nora_token"),
+        "KL(Dora||Nora)": lambda s, r: last_value(r, "kl/dora_nora_token"),
     }
     rows = {label: [fn(summaries[label], runs[label]) for fn in columns.values()] for label in summaries}
     lines = [f"# Sweep of {field}", "", "| run | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
@@ -144,4 +154,41 @@ def sweep_table(field: str, summaries: dict[str, dict], runs: dict[str, list[dic
         std = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5 if values else None
         stats.append(f"{fmt(mean)} ± {fmt(std)}" if values else "n/a")
     lines.append("| mean ± sample std | " + " | ".join(stats) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _trained(summary: dict) -> str:
+    """The policy a run trained: the last one evaluated (ref and Nora come first)."""
+    return list(summary["policies"])[-1]
+
+
+def compare_table(summaries: dict[str, dict[int, dict]], seeds: list[int]) -> str:
+    """compare.md: per method, mean ± sample std over seeds of pass@1/8/32, diversity, KL to Nora, time."""
+    def stat(values):
+        values = [v for v in values if v is not None]
+        if not values:
+            return "n/a"
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
+        return f"{mean:.3f} ± {std:.3f}" if len(values) > 1 else f"{mean:.3f}"
+
+    columns = {
+        "pass@1": lambda s, n: s["policies"][n]["pass@k"].get("1"),
+        "pass@8": lambda s, n: s["policies"][n]["pass@k"].get("8"),
+        "pass@32": lambda s, n: s["policies"][n]["pass@k"].get("32"),
+        "+Nora pass@8": lambda s, n: _lookup(s, f"{n}+nora", 8) if n != "nora" else None,
+        "distinct correct strategies / problem": lambda s, n: s["policies"][n]["distinct_correct_strategies"],
+        "KL to Nora (last update)": lambda s, n: s.get("kl_to_nora") if n not in ("ref", "nora") else None,
+        "train wall time (s)": lambda s, n: s["timing"].get(f"train {n}") if n not in ("ref", "nora") else None,
+    }
+    lines = [f"# Comparison over seeds {', '.join(map(str, seeds))} (mean ± sample std)", "",
+             "| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    first = next(iter(summaries))
+    for name, label in (("ref", "Ref (SFT)"), ("nora", "Nora (GRPO)")):
+        lines.append(f"| {label} | " + " | ".join(
+            stat([fn(summaries[first][s], name) for s in seeds if s in summaries[first]]) for fn in columns.values()) + " |")
+    for label, per_seed in summaries.items():
+        lines.append(f"| {label} | " + " | ".join(
+            stat([fn(per_seed[s], _trained(per_seed[s])) for s in seeds if s in per_seed]) for fn in columns.values())
+            + " |")
     return "\n".join(lines) + "\n"

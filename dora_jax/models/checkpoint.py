@@ -22,12 +22,14 @@ CONFIG_FILE = "model_config.json"
 
 
 def save(out_dir: str, config: ModelConfig, params: Params) -> None:
+    """Every process of a multi-process run calls it (orbax coordinates them); process 0 writes the config."""
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(os.path.join(out_dir, "params"), params, force=True)
-    with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
-        f.write(config.to_json())
+    if jax.process_index() == 0:
+        with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
+            f.write(config.to_json())
 
 
 def is_checkpoint(path: str) -> bool:

@@ -76,7 +76,12 @@ def _sampler_main(config_json: str, model_config_json: str, shm_name: str, locks
         model_config = ModelConfig.from_json_dict(json.loads(model_config_json))
         layout = _Layout(model_config)
         shm = shared_memory.SharedMemory(name=shm_name)
-        maker = RolloutMaker(make_task(config.task), model_config, config)
+        nora = None
+        if config.rollout.get("handover_window", 0):  # handover samples with Nora too: load her here
+            from dora_jax.trainer.loop import load_policy
+
+            nora = jax.device_put(load_policy(config.nora_dir, config).params)
+        maker = RolloutMaker(make_task(config.task), model_config, config, nora_params=nora)
         newest, params, loaded = -1, None, -1
         position = start
         while True:
@@ -131,6 +136,10 @@ class ProcessRollouts:
         if jax.process_count() > 1:
             raise ValueError("rollout.mode='process' runs one sampler next to a single-process learner; with "
                              f"{jax.process_count()} JAX processes use rollout.mode='inline'.")
+        if r.get("sampler_devices", 0):
+            raise ValueError(f"config.rollout.sampler_devices={r.sampler_devices} gives devices to the inline sampler; "
+                             "the sampler process has a runtime of its own. Set rollout.sampler_devices=0 or use "
+                             "rollout.mode='inline'.")
         self.model_config, self.config = model_config, config
         self.host = HostSide(samples_path)
         self.layout = _Layout(model_config)

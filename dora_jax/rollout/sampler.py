@@ -11,6 +11,9 @@ Row i depends only on its key `rngs_B[i]`, the real tokens of its prompt and the
 decode step t draws with `fold_in(rngs_B[i], t)`, positions skip padding and padded cache
 slots are masked out of attention, so neither the padding a row got nor its batch-mates
 change its tokens.
+
+Parameters laid out over several processes (a multi-process run) are sampled by all of them
+together: every process passes the same rows and receives the whole rollout.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from typing import Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
+from dora_jax import distributed
 from dora_jax.models import ModelConfig, init_cache, positions_from_mask, unembed
 from dora_jax.models.decoder import Block, Cache, Params, RMSNorm
 
@@ -112,7 +117,8 @@ def _forward(config: ModelConfig, params: Params, layers: list[Params], caches: 
 
 def sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
            rngs_B: jax.Array, *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-           stop_ids: tuple[int, ...] = (), pad_id: int = 0, handover_window: int = 0) -> Rollout:
+           stop_ids: tuple[int, ...] = (), pad_id: int = 0, handover_window: int = 0,
+           rows_sharding: NamedSharding | None = None) -> Rollout:
     """Samples up to `max_new_tokens` per left-padded prompt from one policy, or two in handover.
 
     `rngs_B` holds one typed key per row. Recorded log-probs are those of the token under
@@ -123,6 +129,10 @@ def sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP: jax.Ar
     Handover (paper §5.2): with two policies and `handover_window` = w > 0, step t is drawn
     from policy (t // w) % 2, policy 0 first. Both policies keep their own KV cache over the
     whole context, so both log-probs of every token are recorded.
+
+    `rows_sharding` places the rows (prompts, keys) on the parameters' mesh, e.g. split over
+    its data axis; by default they follow the parameters, replicated on them when those span
+    several processes. A rollout spread over several processes comes back whole (numpy) on each.
 
     Compiled once per config, shapes and settings: the settings are normalised here so that
     equal settings spelled differently (a list of stop ids, an omitted default) share it.
@@ -138,9 +148,25 @@ def sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP: jax.Ar
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 1:
         raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0, max_new_tokens >= 1; got "
                          f"{temperature}, {top_p}, {top_k}, {max_new_tokens}.")
-    return _sample(config, tuple(policies), prompt_BxP, prompt_mask_BxP, rngs_B, int(max_new_tokens),
-                   float(temperature), float(top_p), int(top_k), tuple(int(i) for i in stop_ids), int(pad_id),
-                   int(handover_window))
+    rows = rows_sharding or _replicated_if_global(policies)
+    if rows is not None:
+        prompt_BxP, prompt_mask_BxP = distributed.global_arrays((prompt_BxP, prompt_mask_BxP), (rows, rows))
+        # Typed keys cannot be placed across processes; their raw data can.
+        rngs_B = jax.random.wrap_key_data(distributed.global_arrays(jax.random.key_data(rngs_B), rows),
+                                          impl=jax.random.key_impl(rngs_B))
+    rollout = _sample(config, tuple(policies), prompt_BxP, prompt_mask_BxP, rngs_B, int(max_new_tokens),
+                      float(temperature), float(top_p), int(top_k), tuple(int(i) for i in stop_ids), int(pad_id),
+                      int(handover_window))
+    # Every process scores the whole rollout, so rewards and batches agree everywhere.
+    return rollout if rows is None or rows.is_fully_addressable else distributed.to_host(rollout)
+
+
+def _replicated_if_global(policies: tuple[Params, ...]) -> NamedSharding | None:
+    """Replicated on the parameters' mesh when it spans several processes (host rows cannot meet it otherwise)."""
+    placed = getattr(jax.tree.leaves(policies)[0], "sharding", None)
+    if isinstance(placed, NamedSharding) and not placed.is_fully_addressable:
+        return NamedSharding(placed.mesh, P())
+    return None
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10, 11))

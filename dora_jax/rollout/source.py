@@ -7,6 +7,11 @@ Two `BatchSource`s share one `RolloutMaker` (batch n depends only on (seed, n, p
 - `dora_jax.rollout.process.ProcessRollouts` runs the same maker in its own OS process.
 
 Either one's position in the prompt stream is checkpointed with the trainer.
+
+With `config.rollout.sampler_devices` > 0 the inline sampler owns devices of its own
+(`SamplerDevices`): the learner's mesh leaves them out, and each published parameter tree is
+copied onto them device to device. In a multi-process run every process samples the same
+batch together and process 0 writes samples.jsonl.
 """
 
 from __future__ import annotations
@@ -16,8 +21,13 @@ import json
 import jax
 import numpy as np
 import tqdm
+from jax.sharding import PartitionSpec as P
 
+from dora_jax import distributed
+from dora_jax.models.lm import boxed_shapes
+from dora_jax.rewards.diversity import make_diversity
 from dora_jax.rollout.sampler import Rollout, sample
+from dora_jax.trainer import sharding
 
 VALIDITY_WARNING = 0.8  # warn once when fewer rollouts than this are well-formed (a drifting policy)
 
@@ -56,11 +66,48 @@ def row_keys(seed: int, position: int, rows: int) -> jax.Array:
     return jax.random.split(jax.random.fold_in(jax.random.key(seed), position), rows)
 
 
+class SamplerDevices:
+    """A mesh of devices only the sampler uses: rows split over its `data` axis, parameters laid
+    out by the config's rules (replicated unless `rollout.sampler_tensor` > 1)."""
+
+    def __init__(self, model_config, config, devices):
+        mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": config.rollout.get("sampler_tensor", 1)}, devices)
+        rules = tuple(tuple(r) for r in config.mesh.rules)
+        self.param_shardings = sharding.tree_shardings(boxed_shapes(model_config), mesh, rules)
+        self.rows_sharding = sharding.batch_sharding(mesh, rules, 1)
+
+    def put(self, params):
+        """The learner's parameters on the sampler's devices, copied device to device (never through the host)."""
+        if jax.process_count() == 1:
+            return jax.device_put(params, self.param_shardings)
+        # jax cannot device_put between disjoint device sets that span processes, so gather the
+        # tree on the learner's devices, then let each process copy its replica to its own sampler devices.
+        full = jax.jit(lambda t: t, out_shardings=jax.tree.map(lambda x: x.sharding.update(spec=P()), params))(params)
+        return jax.tree.map(_copy_local_replica, full, self.param_shardings)
+
+
+def _copy_local_replica(full: jax.Array, target) -> jax.Array:
+    replica = full.addressable_data(0)
+    shards = [jax.device_put(replica[index], device)
+              for device, index in target.addressable_devices_indices_map(full.shape).items()]
+    return jax.make_array_from_single_device_arrays(full.shape, target, shards)
+
+
 class RolloutMaker:
     """Batch `position` of the task's RL split: prompts, G samples each, rewards, strategy ids."""
 
-    def __init__(self, task, model_config, config):
+    def __init__(self, task, model_config, config, rows_sharding=None, nora_params=None):
         self.task, self.model_config, self.config = task, model_config, config
+        self.rows_sharding = rows_sharding  # where the sampler's rows go (see `sample`); None: with the params
+        # Handover (paper §5.2): windows of w tokens alternate between Dora and Nora; Dora learns on hers only.
+        self.handover_window = config.rollout.get("handover_window", 0)
+        if self.handover_window and nora_params is None:
+            raise ValueError("config.rollout.handover_window > 0 needs Nora's parameters in the sampler; "
+                             "set config.nora_dir.")
+        self.nora_params = nora_params
+        name = config.get("diversity", {}).get("name", "task_labels")
+        # Task labels need no text; other diversity functions read the decoded responses.
+        self.diversity = None if name == "task_labels" else make_diversity(config.diversity)
 
     def make(self, position: int, params) -> dict:
         """The trainer batch plus "host_metrics" and "samples" (one group as text, every samples_every batches)."""
@@ -69,13 +116,22 @@ class RolloutMaker:
         problems = self.task.problems("rl", position * Q, Q, c.seed)
         prompt_QxP, mask_QxP = self.task.prompts(problems)
         prompt_BxP, mask_BxP = np.repeat(prompt_QxP, G, axis=0), np.repeat(mask_QxP, G, axis=0)
-        rollout = sample(self.model_config, (params,), prompt_BxP, mask_BxP, row_keys(c.seed, position, Q * G),
+        policies = (params, self.nora_params) if self.handover_window else (params,)
+        rollout = sample(self.model_config, policies, prompt_BxP, mask_BxP, row_keys(c.seed, position, Q * G),
+                         handover_window=self.handover_window, rows_sharding=self.rows_sharding,
                          **sampling_options(c, self.task))
         rollout = jax.device_get(rollout)
         rewards_B, valid_B, strategy_B = self.task.score(problems, rollout.tokens_BxN)
-        batch = pack_batch(prompt_BxP, mask_BxP, rollout, rewards_B, strategy_B)
+        clusters_B = strategy_B if self.diversity is None else self._clusters(prompt_QxP, mask_QxP, rollout, strategy_B)
+        batch = pack_batch(prompt_BxP, mask_BxP, rollout, rewards_B, clusters_B,
+                           trained_policy=0 if self.handover_window else None)
         batch["host_metrics"] = {"rollout/valid_frac": float(np.mean(valid_B)),
                                  "rollout/finished_frac": float(np.mean(rollout.finish_B == 0))}
+        if self.diversity is not None:
+            batch["host_metrics"]["diversity/fallbacks"] = float(self.diversity.stats.get("fallbacks", 0))
+        if self.handover_window:
+            batch["host_metrics"]["handover/dora_token_frac"] = float(
+                np.sum(batch["response_mask_BxT"]) / max(np.sum(rollout.mask_BxN), 1))
         batch["samples"] = []
         if c.rollout.samples_every and position % c.rollout.samples_every == 0:
             batch["samples"] = [{"step": position + 1, "prompt": self.task.decode(prompt_BxP[g][mask_BxP[g] > 0]),
@@ -85,12 +141,22 @@ class RolloutMaker:
         return batch
 
 
+    def _clusters(self, prompt_QxP, mask_QxP, rollout: Rollout, strategy_B: np.ndarray) -> np.ndarray:
+        """Strategy cluster ids of each group's responses from the configured diversity function."""
+        Q, G = len(prompt_QxP), len(strategy_B) // len(prompt_QxP)
+        prompts = [self.task.decode(p[m > 0]) for p, m in zip(prompt_QxP, mask_QxP)]
+        texts = [self.task.decode(t[m > 0]) for t, m in zip(rollout.tokens_BxN, rollout.mask_BxN)]
+        groups = [texts[q * G:(q + 1) * G] for q in range(Q)]
+        return np.asarray(self.diversity(prompts, groups, strategy_B.reshape(Q, G)), np.int32).reshape(-1)
+
+
 class HostSide:
     """What both sources do with a finished batch on the learner: log samples, warn on drift."""
 
     def __init__(self, samples_path: str | None):
-        self.samples_path = samples_path
-        self.warned = False
+        # Every process holds the same batch: process 0 speaks for all.
+        self.samples_path = samples_path if distributed.is_chief() else None
+        self.warned = not distributed.is_chief()
 
     def receive(self, batch: dict, step: int) -> dict:
         samples = batch.pop("samples", [])
@@ -108,15 +174,23 @@ class HostSide:
 class InlineRollouts:
     """On-policy rollouts sampled in the learner's process with the latest published parameters."""
 
-    def __init__(self, task, model_config, config, samples_path: str | None = None):
-        self.maker = RolloutMaker(task, model_config, config)
+    def __init__(self, task, model_config, config, samples_path: str | None = None, devices=None, nora_params=None):
+        """`devices`: the run's devices, as given to the `Trainer` (default: every process's).
+
+        `nora_params`: Nora's tree, for handover sampling (config.rollout.handover_window > 0).
+        """
+        own = sharding.split_devices(config, devices)[1]
+        self.devices = SamplerDevices(model_config, config, own) if own else None
+        if self.devices is not None and nora_params is not None:
+            nora_params = self.devices.put(nora_params)
+        self.maker = RolloutMaker(task, model_config, config, self.devices and self.devices.rows_sharding, nora_params)
         self.host = HostSide(samples_path)
         self.position = 0  # batches produced so far
         self.params = None
 
     def publish(self, params, step: int) -> None:
         del step
-        self.params = params
+        self.params = params if self.devices is None else self.devices.put(params)
 
     def next_batch(self, step: int) -> dict[str, np.ndarray]:
         batch = self.maker.make(self.position, self.params)

@@ -7,6 +7,10 @@ A batch source produces rollout batches (see `dora_jax.trainer.step` for the fie
 can save and restore its position: `next_batch(step) -> dict`, `get_state() -> dict`,
 `set_state(dict)`. Its state is checkpointed with Dora's, so a resumed run sees exactly
 the batches an uninterrupted one would.
+
+In a multi-process run (`dora_jax.distributed`) every process runs the same loop on a mesh
+spanning all their devices, with the same batches; process 0 writes metrics.jsonl and
+samples.jsonl, and all processes write the orbax checkpoints together.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import tqdm
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dora_jax import models
+from dora_jax import distributed, models
 from dora_jax.models import ModelConfig, checkpoint, hf
 from dora_jax.trainer import sharding
 from dora_jax.trainer.state import TrainState, init_state, make_optimizer
@@ -61,10 +66,13 @@ class Trainer:
     """Holds ref and Nora (frozen) and Dora's train state, all laid out on one mesh."""
 
     def __init__(self, config, workdir: str, devices=None):
+        """`devices`: the run's devices (default: every process's); those of the sampler
+        (config.rollout.sampler_devices) are left out of the learner's mesh."""
         self.config = config
         self.workdir = os.path.abspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
-        self.mesh = sharding.make_mesh(config.mesh, devices)
+        self.chief = distributed.is_chief()
+        self.mesh = sharding.make_mesh(config.mesh, sharding.split_devices(config, devices)[0])
         self.rules = tuple(tuple(r) for r in config.mesh.rules)
 
         if config.ref_dir:
@@ -79,24 +87,29 @@ class Trainer:
 
         boxed = models.lm.boxed_shapes(self.model_config)
         self.param_shardings = sharding.tree_shardings(boxed, self.mesh, self.rules)
-        self.frozen = {"ref": jax.device_put(ref_params, self.param_shardings),
-                       "nora": jax.device_put(nora_params, self.param_shardings)}
+        # Through the host: a process can put only a host value (its own identical copy) onto a
+        # mesh that spans other processes' devices.
+        self.frozen = {"ref": jax.device_put(jax.device_get(ref_params), self.param_shardings),
+                       "nora": jax.device_put(jax.device_get(nora_params), self.param_shardings)}
         self.tx = make_optimizer(config.optim, config.trainer.num_steps)
         abstract_state = jax.eval_shape(lambda p: init_state(p, self.tx, config.seed), boxed)
         self.state_shardings = sharding.tree_shardings(abstract_state, self.mesh, self.rules)
         if config.dora_init not in ("nora", "ref", "random"):
             raise ValueError(f"config.dora_init={config.dora_init!r}: use 'nora', 'ref' or 'random'.")
-        init_params = {"nora": nora_params, "ref": ref_params}.get(config.dora_init) or models.init_params(
-            self.model_config, jax.random.key(config.seed))
-        init = jax.jit(lambda p: init_state(p, self.tx, config.seed), out_shardings=self.state_shardings)
-        # Dora starts as a copy: the frozen tree must not alias the donated train state.
-        self.state: TrainState = init(jax.tree.map(jnp.array, init_params))
+        init_params = self.frozen.get(config.dora_init) or jax.device_put(
+            jax.device_get(models.init_params(self.model_config, jax.random.key(config.seed))), self.param_shardings)
+        # Dora starts as a copy (jnp.copy inside jit is a new buffer): the frozen tree must not
+        # alias the donated train state.
+        init = jax.jit(lambda p: init_state(jax.tree.map(jnp.copy, p), self.tx, config.seed),
+                       out_shardings=self.state_shardings)
+        self.state: TrainState = init(init_params)
 
-        batch_sh = {k: sharding.batch_sharding(self.mesh, self.rules, 2 if k.endswith("BxT") else 1) for k in BATCH_KEYS}
+        self.batch_shardings = {k: sharding.batch_sharding(self.mesh, self.rules, 2 if k.endswith("BxT") else 1)
+                                for k in BATCH_KEYS}
         update = make_update(self.model_config, config.objective, self.tx, temperature=config.rollout.temperature,
                              grad_accum=config.optim.grad_accum)
         self.update = jit_update(update, self.state_shardings, {"ref": self.param_shardings, "nora": self.param_shardings},
-                                 batch_sh)
+                                 self.batch_shardings, metrics_sharding=NamedSharding(self.mesh, P()))
         self.ckpt = ocp.CheckpointManager(
             os.path.join(self.workdir, "checkpoints"),
             options=ocp.CheckpointManagerOptions(max_to_keep=config.trainer.keep_checkpoints, create=True))
@@ -114,8 +127,11 @@ class Trainer:
 
     def _restore(self) -> None:
         latest = self.ckpt.latest_step()
+        distributed.assert_same(-1 if latest is None else latest,
+                                f"the newest checkpoint in {self.workdir}/checkpoints",
+                                "Every process must see the same workdir: put it on a filesystem they all share.")
         if latest is None:  # lines of a run that died before its first checkpoint are recomputed
-            for path in (self.metrics_path, self.samples_path):
+            for path in (self.metrics_path, self.samples_path) if self.chief else ():
                 _truncate_jsonl(path, -1)
             return
         abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.state,
@@ -134,7 +150,7 @@ class Trainer:
         cap = self.config.trainer.get("stop_kl", 0.0)
         if stopped and cap and cap <= restored["meta"].get("stopped_kl", cap):
             self.stopped_early, self.stopped_kl = stopped, restored["meta"]["stopped_kl"]
-        for path in (self.metrics_path, self.samples_path):
+        for path in (self.metrics_path, self.samples_path) if self.chief else ():
             _truncate_jsonl(path, latest)
         print(f"Resumed from {self.workdir}/checkpoints at step {latest}.")
 
@@ -146,9 +162,12 @@ class Trainer:
         self.ckpt.wait_until_finished()
 
     def export(self, out_dir: str) -> None:
-        """Writes Dora's current parameters as a dora_jax model checkpoint (loadable as ref_dir / nora_dir)."""
+        """Writes Dora's current parameters as a dora_jax model checkpoint (loadable as ref_dir / nora_dir).
+
+        Every process of a multi-process run calls it: the parameters are gathered from all of them.
+        """
         checkpoint.save(out_dir, self.model_config.replace(dtype=self.config.model.param_dtype, remat=False),
-                        jax.device_get(self.state.params))
+                        distributed.to_host(self.state.params))
 
     # ------------------------------------------------------------------ training
     def run(self, source: BatchSource, num_steps: int | None = None,
@@ -170,7 +189,7 @@ class Trainer:
             return []
         written: list[dict] = []
         bar = tqdm.tqdm(total=num_steps, initial=start, desc=desc, unit="step",
-                        disable=not self.config.trainer.progress, dynamic_ncols=True)
+                        disable=not (self.config.trainer.progress and self.chief), dynamic_ncols=True)
 
         def eval_due(step: int) -> dict:
             due = evaluate is not None and (step == num_steps or (eval_every and step % eval_every == 0))
@@ -188,7 +207,8 @@ class Trainer:
     def _train(self, source, start, num_steps, publish, eval_due, evaluate, bar, written) -> None:
         pending = None
         last_time = time.perf_counter()
-        with open(self.metrics_path, "a") as log:
+        # Every process computes the same metrics; process 0 writes them.
+        with open(self.metrics_path if self.chief else os.devnull, "a") as log:
             if start == 0 and evaluate is not None:
                 self._write(log, written, {"step": 0, **evaluate(self.state.params, 0)})
             if publish is not None:
@@ -197,6 +217,7 @@ class Trainer:
                 batch = source.next_batch(step)
                 host_metrics = batch.pop("host_metrics", {})  # e.g. the rollout's validity, computed on the host
                 tokens = int(np.sum(batch["mask_BxT"]))
+                batch = distributed.global_arrays(batch, self.batch_shardings)
                 self.state, metrics = self.update(self.state, self.frozen, batch)
                 if publish is not None:
                     publish(self.state.params, step + 1)

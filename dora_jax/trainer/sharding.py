@@ -34,6 +34,29 @@ def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
+def split_devices(config, devices: Sequence[jax.Device] | None = None) -> tuple[list[jax.Device], list[jax.Device]]:
+    """(learner devices, sampler devices) of a run: each process lends its last devices to the sampler.
+
+    `config.rollout.sampler_devices` (0 = none: the sampler shares the learner's mesh) is a
+    total over all processes, so every process keeps the same number of learner devices.
+    """
+    devices = list(devices if devices is not None else jax.devices())
+    total = int(config.rollout.get("sampler_devices", 0))
+    if not total:
+        return devices, []
+    processes = sorted({d.process_index for d in devices})
+    local = {p: [d for d in devices if d.process_index == p] for p in processes}
+    per_process = total // len(processes)
+    if total % len(processes) or not 0 < per_process < min(len(ds) for ds in local.values()):
+        raise ValueError(f"config.rollout.sampler_devices={total}: {len(processes)} process(es) with "
+                         f"{min(len(ds) for ds in local.values())} device(s) each must split them evenly and keep at "
+                         "least one per process for the learner; use a multiple of the process count below the "
+                         "device count, or 0 to sample on the learner's devices.")
+    learner = [d for p in processes for d in local[p][:-per_process]]
+    sampler = [d for p in processes for d in local[p][-per_process:]]
+    return learner, sampler
+
+
 def _mesh_axes(rules: Rules, name: str | None) -> tuple[str, ...]:
     for logical, mesh_axes in rules:
         if logical == name:

@@ -37,7 +37,8 @@ def make_update(model_config: ModelConfig, objective_cfg, tx: optax.GradientTran
     # Score only the frozen trees the loss reads: SFT and GRPO (beta_kl = 0) need neither.
     uses = getattr(loss_fn, "uses", ("ref", "nora"))
     uses_ref = "ref" in uses or getattr(objective_cfg, "beta_kl", 0.0) > 0
-    uses_nora = "nora" in uses
+    # log_kl_nora: methods trained from ref (GRPO, Poly-EPO) still report their distance to Nora.
+    uses_nora = "nora" in uses or getattr(objective_cfg, "log_kl_nora", False)
     entropy_coef = getattr(objective_cfg, "entropy_coef", 0.0)
 
     def micro_loss(params, frozen, mb, denoms):
@@ -104,8 +105,11 @@ def make_update(model_config: ModelConfig, objective_cfg, tx: optax.GradientTran
     return update
 
 
-def jit_update(update, state_shardings, frozen_shardings, batch_shardings):
-    """Jitted update with explicit in/out shardings; the old state's buffers are donated."""
+def jit_update(update, state_shardings, frozen_shardings, batch_shardings, metrics_sharding=None):
+    """Jitted update with explicit in/out shardings; the old state's buffers are donated.
+
+    A replicated `metrics_sharding` lets every process of a multi-process run read the metrics.
+    """
     return jax.jit(update, in_shardings=(state_shardings, frozen_shardings, batch_shardings),
-                   out_shardings=(state_shardings, None), donate_argnums=(0,))
+                   out_shardings=(state_shardings, metrics_sharding), donate_argnums=(0,))
 

@@ -1,0 +1,40 @@
+"""Nora-distilled (paper §5.1): Nora fine-tuned on Dora's correct samples of strategies Nora rarely uses.
+
+    python launch/train.py --config=configs/distill.py [--workdir=runs/distill]
+
+Builds (or reuses from the cache) Ref, Nora and Dora (configs/indicator.py), samples Dora 8 times
+on each RL-split problem, keeps the correct responses whose strategy Nora uses in < 25% of her own
+samples on that problem (STaR filter + rarity), and fine-tunes Nora on them by SFT. The report puts
+Nora-distilled's pass@k next to Nora's and Dora+Nora's. About 1 minute with cached policies.
+Variants: `:smoke` (tests), `:all_correct` (keep every correct sample, not only rare strategies).
+"""
+
+from configs import common, indicator, nora_grpo, ref_sft
+
+
+def get_config(arg=None):
+    c = common.get_config()
+    c.name = "distill"
+    c.dora_init = "nora"  # Nora is the student
+    c.build.ref = ref_sft.get_config(common.build_arg(arg))
+    c.build.nora = nora_grpo.get_config(common.build_arg(arg))
+    c.build.dora = indicator.get_config(common.build_arg(arg))
+
+    # Objective: masked next-token NLL of Dora's kept responses.
+    c.objective.loss = "sft"
+    c.objective.group_size = 1
+
+    # Distillation
+    c.distill.samples_per_problem = 8
+    c.distill.rare_only = "all_correct" not in common.variants(arg)
+    c.distill.rare_share = 0.25
+
+    # Optimizer: small steps, so Nora keeps what she knows while she learns the kept strategies.
+    c.optim.lr = 1e-4
+    c.optim.schedule = "cosine"
+    c.sft.batch_size = 64
+
+    # Trainer
+    c.trainer.num_steps = 60
+    c.trainer.checkpoint_every = 30
+    return common.finish(c, arg)
