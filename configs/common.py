@@ -144,6 +144,7 @@ def get_config(arg=None):
     c.distill.samples_per_problem = 8  # Dora's samples per training problem
     c.distill.rare_only = True  # keep only strategies Nora rarely uses on that problem
     c.distill.rare_share = 0.25  # "rarely": in fewer than this share of Nora's own samples on the problem
+    c.distill.nora_replay = False  # also keep Nora's own correct samples (rehearsal of what she solves)
 
     # Distributed: devices the inline sampler owns (dora_jax.trainer.sharding.split_devices).
     c.rollout.sampler_devices = 0  # devices set aside for sampling, in total over processes (0 = share the learner's)

@@ -4,9 +4,12 @@
 
 Builds (or reuses from the cache) Ref, Nora and Dora (configs/indicator.py), samples Dora 8 times
 on each RL-split problem, keeps the correct responses whose strategy Nora uses in < 25% of her own
-samples on that problem (STaR filter + rarity), and fine-tunes Nora on them by SFT. The report puts
-Nora-distilled's pass@k next to Nora's and Dora+Nora's. About 1 minute with cached policies.
+samples on that problem (STaR filter + rarity), adds Nora's own correct samples (rehearsal), and
+fine-tunes Nora on them by SFT. The report puts Nora-distilled's pass@k next to Nora's and
+Dora+Nora's. About 1 minute with cached policies.
 Variants: `:smoke` (tests), `:all_correct` (keep every correct sample, not only rare strategies).
+Ablations: `--config.distill.nora_replay=False` (Dora's samples only), `--config.distill.rare_share=0`
+(Nora's own samples only: what rehearsal alone does).
 """
 
 from configs import common, indicator, nora_grpo, ref_sft
@@ -28,6 +31,9 @@ def get_config(arg=None):
     c.distill.samples_per_problem = 8
     c.distill.rare_only = "all_correct" not in common.variants(arg)
     c.distill.rare_share = 0.25
+    # Rehearsal: Nora's own correct samples join the corpus. Without them, the few rare-strategy
+    # samples (about 170 on the embedded task) are seen for 20+ epochs and Nora's pass@1 falls.
+    c.distill.nora_replay = True
 
     # Optimizer: small steps, so Nora keeps what she knows while she learns the kept strategies.
     c.optim.lr = 1e-4

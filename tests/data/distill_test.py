@@ -21,8 +21,9 @@ class FakeEvaluator:
         return {**r, "tokens": tokens, "mask": np.ones_like(tokens)}
 
 
-def _cfg(rare_only, rare_share=0.25):
-    return types.SimpleNamespace(samples_per_problem=4, rare_only=rare_only, rare_share=rare_share)
+def _cfg(rare_only, rare_share=0.25, nora_replay=False):
+    return types.SimpleNamespace(samples_per_problem=4, rare_only=rare_only, rare_share=rare_share,
+                                 nora_replay=nora_replay)
 
 
 RESULTS = {
@@ -42,6 +43,13 @@ def test_rare_only_keeps_strategies_nora_rarely_uses():
     # Nora uses strategy 0 in 3/4 and 1 in 1/4 of her samples on problem 0, never 2; -1 never counts.
     assert [c[2] for c in corpus] == [2]
     assert [c[2] for c in distill_corpus(FakeEvaluator(RESULTS), ["p0", "p1"], "dora", "nora", _cfg(True, 0.3), 0)] == [1, 2]
+
+
+def test_nora_replay_adds_noras_own_correct_samples():
+    corpus = distill_corpus(FakeEvaluator(RESULTS), ["p0", "p1"], "dora", "nora", _cfg(True, nora_replay=True), 0)
+    # Dora's one rare sample, then Nora's 8 correct ones (strategies 0, 0, 0, 1 and 0, 0, 0, 0).
+    assert [c[2] for c in corpus] == [2, 0, 0, 0, 1, 0, 0, 0, 0]
+    assert corpus[5][0] == [8, 9]
 
 
 def test_nothing_kept_is_a_clear_error():
