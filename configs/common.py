@@ -46,6 +46,7 @@ def get_config(arg=None):
     c.model.dtype = "float32"  # matmul compute dtype ("bfloat16" on accelerators); softmax/log-probs stay f32
     c.model.param_dtype = "float32"  # master parameter dtype
     c.model.remat = False  # rematerialise each layer in the backward pass
+    c.model.unroll_layers = True  # trace each layer (faster on CPU); deep models keep the scan (compile time)
 
     # Policies: where the three parameter trees come from ("" = random init, for tests).
     c.ref_dir = ""  # HF dir or dora_jax checkpoint of the reference model pi_ref
@@ -198,6 +199,7 @@ def real_math(c: ml_collections.ConfigDict) -> None:
     c.build = ml_collections.ConfigDict()  # nothing is built: ref_dir (and nora_dir) point at local models
     c.model.dtype = "bfloat16"  # compute; log-probs, softmax and losses stay float32
     c.model.remat = True  # long responses: rematerialise each layer in the backward pass
+    c.model.unroll_layers = False  # 28+ layers: scanned, so compile time does not grow with depth
     c.mesh.data, c.mesh.fsdp = 1, -1  # shard parameters and optimizer state over every device
     c.rollout.temperature = 0.6  # DeepSeek-R1-Distill's recommended sampling temperature
     c.rollout.top_p = 0.95

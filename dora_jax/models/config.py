@@ -47,6 +47,8 @@ class ModelConfig:
     dtype: str = "float32"
     # Rematerialise each layer in the backward pass (saves activation memory).
     remat: bool = False
+    # Trace every layer instead of scanning one: faster updates on CPU, compile time grows with depth.
+    unroll_layers: bool = False
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
     pad_token_id: int | None = None

@@ -27,6 +27,19 @@ Params = Any
 Cache = dict[str, jax.Array]  # {"k": [L,B,S,K,Dh], "v": [L,B,S,K,Dh]}
 
 
+def dense(x, w, n_in: int = 1, **kwargs):
+    """Contracts the last `n_in` axes of `x` with the first `n_in` axes of `w`, as one 2-D matmul.
+
+    Flattening the leading axes first matters on CPU: XLA lowers the backward pass of a
+    [B, T, D] x [D, F] einsum with extra transposes, a 2-D matmul it does not (about 1.6x
+    faster for a SwiGLU MLP's forward + backward). The flattened axes keep their sharding:
+    the batch axis is the major one.
+    """
+    lead, inner = x.shape[:x.ndim - n_in], x.shape[x.ndim - n_in:]
+    y = jnp.dot(x.reshape(-1, int(np.prod(inner))), w.reshape(int(np.prod(inner)), -1), **kwargs)
+    return y.reshape(*lead, *w.shape[n_in:])
+
+
 def _init(scale_axis: int, names: tuple[str, ...]):
     """Normal init with std 1/sqrt(fan_in) over `scale_axis`, tagged with logical axis names."""
     def init(key, shape, dtype):
@@ -73,7 +86,7 @@ class Attention(nn.Module):
 
         def proj(name, heads, head_axis):
             w = self.param(f"{name}_kernel", _init(0, ("embed", head_axis, "head_dim")), (D, heads, Dh), pdtype)
-            y = jnp.einsum("BTD,DNd->BTNd", x_BxTxD, w.astype(dtype))
+            y = dense(x_BxTxD, w.astype(dtype))
             if c.qkv_bias:
                 b = self.param(f"{name}_bias", nn.with_logical_partitioning(nn.initializers.zeros, (head_axis, "head_dim")),
                                (heads, Dh), pdtype)
@@ -98,17 +111,33 @@ class Attention(nn.Module):
         query_slots_T = cache_index + jnp.arange(T)
         mask_BxTxS = (jnp.arange(S)[None, None, :] <= query_slots_T[None, :, None]) & kv_mask_BxS[:, None, :].astype(bool)
 
+        # Heads-major operands ([B, K, G, T, Dh]) make the score and value matmuls plain batched
+        # matmuls, which XLA runs faster (forward and backward) than with the heads in the middle.
+        # A decoding step (T = 1) attends over a cache too large to transpose every step.
+        heads_major = layer_cache is None
         q_BxTxKxGxDh = q_BxTxHxDh.reshape(B, T, K, H // K, Dh)
+        if heads_major:
+            q_BxKxGxTxDh = q_BxTxKxGxDh.transpose(0, 2, 3, 1, 4)
+            keys_BxKxSxDh = keys_BxSxKxDh.transpose(0, 2, 1, 3)
+            values_BxKxSxDh = values_BxSxKxDh.transpose(0, 2, 1, 3)
         # Scores and softmax in f32: bf16 logits of attention saturate and break sampler/scorer parity.
-        scores = jnp.einsum("BTKGd,BSKd->BKGTS", q_BxTxKxGxDh, keys_BxSxKxDh.astype(dtype),
-                            preferred_element_type=jnp.float32) * (Dh ** -0.5)
-        scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        if heads_major:
+            scores = jnp.einsum("BKGTd,BKSd->BKGTS", q_BxKxGxTxDh, keys_BxKxSxDh.astype(dtype),
+                                preferred_element_type=jnp.float32)
+        else:
+            scores = jnp.einsum("BTKGd,BSKd->BKGTS", q_BxTxKxGxDh, keys_BxSxKxDh.astype(dtype),
+                                preferred_element_type=jnp.float32)
+        scores = jnp.where(mask_BxTxS[:, None, None], scores * (Dh ** -0.5), jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-        out_BxTxKxGxDh = jnp.einsum("BKGTS,BSKd->BTKGd", probs, values_BxSxKxDh.astype(dtype))
+        if heads_major:
+            out_BxKxGxTxDh = jnp.einsum("BKGTS,BKSd->BKGTd", probs, values_BxKxSxDh.astype(dtype))
+            out_BxTxKxGxDh = out_BxKxGxTxDh.transpose(0, 3, 1, 2, 4)
+        else:
+            out_BxTxKxGxDh = jnp.einsum("BKGTS,BSKd->BTKGd", probs, values_BxSxKxDh.astype(dtype))
         out_BxTxHxDh = nn.with_logical_constraint(out_BxTxKxGxDh.reshape(B, T, H, Dh),
                                                   ("batch", "length", "heads", "head_dim"))
         wo = self.param("o_kernel", _init(1, ("heads", "head_dim", "embed")), (H, Dh, D), pdtype)
-        return jnp.einsum("BTHd,HdD->BTD", out_BxTxHxDh, wo.astype(dtype)), new_cache
+        return dense(out_BxTxHxDh, wo.astype(dtype), n_in=2), new_cache
 
 
 class MLP(nn.Module):
@@ -122,9 +151,9 @@ class MLP(nn.Module):
         gate = self.param("gate_kernel", _init(0, ("embed", "mlp")), (D, F), pdtype)
         up = self.param("up_kernel", _init(0, ("embed", "mlp")), (D, F), pdtype)
         down = self.param("down_kernel", _init(0, ("mlp", "embed")), (F, D), pdtype)
-        h_BxTxF = jax.nn.silu(x_BxTxD @ gate.astype(dtype)) * (x_BxTxD @ up.astype(dtype))
+        h_BxTxF = jax.nn.silu(dense(x_BxTxD, gate.astype(dtype))) * dense(x_BxTxD, up.astype(dtype))
         h_BxTxF = nn.with_logical_constraint(h_BxTxF, ("batch", "length", "mlp"))
-        return h_BxTxF @ down.astype(dtype)
+        return dense(h_BxTxF, down.astype(dtype))
 
 
 class Block(nn.Module):
@@ -146,10 +175,8 @@ def unembed(config: ModelConfig, params: Params, hidden_BxTxD: jax.Array) -> jax
     """Final hidden states -> f32 logits (f32 accumulation so log-probs stay exact in bf16)."""
     dtype = jnp.dtype(config.dtype)
     if config.tie_word_embeddings:
-        return jnp.einsum("BTD,VD->BTV", hidden_BxTxD.astype(dtype), params["embedding"].astype(dtype),
-                          preferred_element_type=jnp.float32)
-    return jnp.einsum("BTD,DV->BTV", hidden_BxTxD.astype(dtype), params["lm_head"].astype(dtype),
-                      preferred_element_type=jnp.float32)
+        return dense(hidden_BxTxD.astype(dtype), params["embedding"].astype(dtype).T, preferred_element_type=jnp.float32)
+    return dense(hidden_BxTxD.astype(dtype), params["lm_head"].astype(dtype), preferred_element_type=jnp.float32)
 
 
 class Decoder(nn.Module):
@@ -170,6 +197,7 @@ class Decoder(nn.Module):
             block = nn.remat(Block, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)
         stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_layers,
+                        unroll=c.num_layers if c.unroll_layers else 1,
                         metadata_params={nn.PARTITION_NAME: "layers"})
         x_BxTxD, new_cache = stack(c, name="layers")(x_BxTxD, cache, positions_BxT, kv_mask_BxS, cache_index)
         x_BxTxD = RMSNorm(c.rms_norm_eps, dtype, pdtype, name="final_norm")(x_BxTxD)

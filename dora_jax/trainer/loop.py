@@ -52,13 +52,15 @@ def model_config_from(config) -> ModelConfig:
     return ModelConfig(vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
                        num_layers=m.num_layers, num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
                        head_dim=m.head_dim, qkv_bias=m.qkv_bias, tie_word_embeddings=m.tie_word_embeddings,
-                       dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
+                       dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
+                       unroll_layers=m.unroll_layers)
 
 
 def load_policy(path: str, config) -> models.LM:
     """A dora_jax checkpoint or HF directory, with the config's compute dtype and remat."""
     lm = checkpoint.load(path) if checkpoint.is_checkpoint(path) else hf.load(path, dtype=config.model.param_dtype)
-    lm.config = lm.config.replace(dtype=config.model.dtype, remat=config.model.remat)
+    lm.config = lm.config.replace(dtype=config.model.dtype, remat=config.model.remat,
+                                  unroll_layers=config.model.unroll_layers)
     return lm
 
 
@@ -166,7 +168,8 @@ class Trainer:
 
         Every process of a multi-process run calls it: the parameters are gathered from all of them.
         """
-        checkpoint.save(out_dir, self.model_config.replace(dtype=self.config.model.param_dtype, remat=False),
+        saved_config = self.model_config.replace(dtype=self.config.model.param_dtype, remat=False, unroll_layers=False)
+        checkpoint.save(out_dir, saved_config,
                         distributed.to_host(self.state.params))
 
     # ------------------------------------------------------------------ training

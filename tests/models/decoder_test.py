@@ -1,5 +1,7 @@
 """Decoder invariants: cached decoding equals a full pass; big configs checked by shape only."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ import transformers
 
 from dora_jax import models
 from dora_jax.models import ModelConfig
+from dora_jax.models.decoder import dense
 
 TINY = ModelConfig(vocab_size=97, hidden_size=48, intermediate_size=80, num_layers=3, num_heads=6, num_kv_heads=2,
                    head_dim=8, qkv_bias=True, tie_word_embeddings=False)
@@ -59,6 +62,27 @@ def test_scan_and_remat_give_same_logits():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
     grads = jax.grad(lambda p: models.forward(TINY.replace(remat=True), p, tokens).sum())(params)
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
+def test_unrolled_layers_give_the_same_logits_and_gradients():
+    params = models.init_params(TINY, jax.random.key(2))
+    tokens = jnp.arange(12, dtype=jnp.int32).reshape(2, 6)
+
+    def loss(config, p):
+        return jnp.sum(jax.nn.log_softmax(models.forward(config, p, tokens))[..., 0])
+
+    (a, ga), (b, gb) = (jax.value_and_grad(functools.partial(loss, c))(params)
+                        for c in (TINY, TINY.replace(unroll_layers=True)))
+    np.testing.assert_allclose(float(a), float(b), rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)
+
+
+def test_dense_contracts_trailing_axes_like_einsum():
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((4, 5, 6))
+    np.testing.assert_allclose(np.asarray(dense(x, w, n_in=2)), np.einsum("abij,ijk->abk", x, w), rtol=1e-5)
+    assert dense(x, rng.standard_normal((5, 7, 2))).shape == (2, 3, 4, 7, 2)
 
 
 @pytest.mark.parametrize("size", sorted(QWEN25))
