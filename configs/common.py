@@ -119,7 +119,7 @@ def get_config(arg=None):
     # Evaluation on held-out problems
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 10  # updates between quick evaluations (eval/* metrics; 0 = only at the end)
-    c.eval.quick_problems = 128  # held-out problems in a quick evaluation (one sample each at the rollout temperature)
+    c.eval.quick_problems = 128  # held-out problems in a quick evaluation (4 samples each at the rollout temperature)
     c.eval.samples = 16  # samples per held-out problem in the final evaluation (pass@k for k <= samples)
     c.eval.max_problems = 0  # cap on held-out problems in the final evaluation (0 = all)
 
