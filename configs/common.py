@@ -46,7 +46,7 @@ def get_config(arg=None):
     c.model.dtype = "float32"  # matmul compute dtype ("bfloat16" on accelerators); softmax/log-probs stay f32
     c.model.param_dtype = "float32"  # master parameter dtype
     c.model.remat = False  # rematerialise each layer in the backward pass
-    c.model.unroll_layers = True  # trace each layer (faster on CPU); deep models keep the scan (compile time)
+    c.model.unroll_layers = True  # trace each layer: faster updates on CPU; compile time grows with depth
 
     # Policies: where the three parameter trees come from ("" = random init, for tests).
     c.ref_dir = ""  # HF dir or dora_jax checkpoint of the reference model pi_ref

@@ -27,7 +27,7 @@ Params = Any
 Cache = dict[str, jax.Array]  # {"k": [L,B,S,K,Dh], "v": [L,B,S,K,Dh]}
 
 
-def dense(x, w, n_in: int = 1, **kwargs):
+def dense(x: jax.Array, w: jax.Array, n_in: int = 1, preferred_element_type=None) -> jax.Array:
     """Contracts the last `n_in` axes of `x` with the first `n_in` axes of `w`, as one 2-D matmul.
 
     Flattening the leading axes first matters on CPU: XLA lowers the backward pass of a
@@ -36,7 +36,10 @@ def dense(x, w, n_in: int = 1, **kwargs):
     the batch axis is the major one.
     """
     lead, inner = x.shape[:x.ndim - n_in], x.shape[x.ndim - n_in:]
-    y = jnp.dot(x.reshape(-1, int(np.prod(inner))), w.reshape(int(np.prod(inner)), -1), **kwargs)
+    if tuple(w.shape[:n_in]) != tuple(inner):
+        raise ValueError(f"dense: x's last {n_in} axes {inner} do not match w's first {n_in} axes {w.shape[:n_in]}")
+    y = jnp.dot(x.reshape(-1, int(np.prod(inner))), w.reshape(int(np.prod(inner)), -1),
+                preferred_element_type=preferred_element_type)
     return y.reshape(*lead, *w.shape[n_in:])
 
 
@@ -113,7 +116,8 @@ class Attention(nn.Module):
 
         # Heads-major operands ([B, K, G, T, Dh]) make the score and value matmuls plain batched
         # matmuls, which XLA runs faster (forward and backward) than with the heads in the middle.
-        # A decoding step (T = 1) attends over a cache too large to transpose every step.
+        # With a cache (the sampler's prefill and decoding steps) the layout stays as stored:
+        # transposing the whole cache at every step would cost more than it saves.
         heads_major = layer_cache is None
         q_BxTxKxGxDh = q_BxTxHxDh.reshape(B, T, K, H // K, Dh)
         if heads_major:
@@ -157,7 +161,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer layer; scanned over `layers` so compile time does not grow with depth."""
+    """Pre-norm transformer layer; scanned over `layers` (compile time does not grow with depth)
+    unless `unroll_layers`."""
     config: ModelConfig
 
     @nn.compact

@@ -169,8 +169,7 @@ class Trainer:
         Every process of a multi-process run calls it: the parameters are gathered from all of them.
         """
         saved_config = self.model_config.replace(dtype=self.config.model.param_dtype, remat=False, unroll_layers=False)
-        checkpoint.save(out_dir, saved_config,
-                        distributed.to_host(self.state.params))
+        checkpoint.save(out_dir, saved_config, distributed.to_host(self.state.params))
 
     # ------------------------------------------------------------------ training
     def run(self, source: BatchSource, num_steps: int | None = None,

@@ -132,7 +132,8 @@ def model_config_of(config) -> ModelConfig:
             model_config = ModelConfig.from_json_dict(json.load(f))
     else:
         model_config = hf.read_config(path, config.model.param_dtype)
-    return model_config.replace(dtype=config.model.dtype, remat=config.model.remat)
+    return model_config.replace(dtype=config.model.dtype, remat=config.model.remat,
+                                unroll_layers=config.model.unroll_layers)
 
 
 def plan(config, mesh: Mapping[str, int] | None = None, prompt_len: int | None = None) -> MemoryPlan:
