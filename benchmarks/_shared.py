@@ -51,27 +51,14 @@ def config_name(**overrides) -> str:
             f"H{c['num_attention_heads']}/{c['num_key_value_heads']} V{c['vocab_size']}")
 
 
-def median_seconds(fns, runs: int, interleave: bool = True) -> list[float]:
-    """Median wall time of each function, each after one warm-up call (compilation, allocator, kernels).
-
-    Interleaved (default), runs alternate between the functions so both see the same machine
-    load. Otherwise each function is warmed up and timed in its own block, in the order given.
-    """
-    def timed(fn):
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
-
-    if not interleave:
-        medians = []
-        for fn in fns:
-            fn()
-            medians.append(statistics.median([timed(fn) for _ in range(runs)]))
-        return medians
+def median_seconds(fns, runs: int) -> list[float]:
+    """Median wall time of each function; runs alternate between them so both see the same machine load."""
     for fn in fns:
-        fn()
+        fn()  # warm-up: compilation (ours), allocator and kernel selection (both)
     times = [[] for _ in fns]
     for _ in range(runs):
         for fn, t in zip(fns, times):
-            t.append(timed(fn))
+            start = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - start)
     return [statistics.median(t) for t in times]

@@ -9,7 +9,7 @@ AdamW. Same random Qwen2 weights on both sides (4 layers, width 256, vocabulary 
 Ours is `Trainer.update` on one device, which also computes Dora's entropy, the exact
 KL(Dora || Nora) and all the metrics of metrics.jsonl; the PyTorch side computes the loss only.
 Tokens per second counts B x T tokens per update; median of `--runs` updates after a warm-up,
-ours timed first, then PyTorch's (see `main`).
+each side timed in its own process (see `main`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import subprocess
+import sys
 import tempfile
 
 import jax
@@ -58,43 +60,60 @@ def torch_update(ref, nora, dora, opt, batch, hp):
     opt.step()
 
 
+def time_side(side: str, prompts: int, group: int, runs: int) -> tuple[float, int, int]:
+    """(median seconds per update, B, T) of one side, "ours" or "pytorch", in this process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model, lm = random_qwen2(save_to=tmp)
+        config = common.get_config()
+        config.ref_dir = config.nora_dir = tmp
+        config.objective.group_size = group
+        config.mesh.update(data=1, fsdp=1, tensor=1)
+        config.trainer.progress = False
+        trainer = Trainer(config, tempfile.mkdtemp(), devices=jax.devices()[:1]) if side == "ours" else None
+    batch = random_batch(np.random.default_rng(0), vocab_size=lm.config.vocab_size, prompts=prompts,
+                         group_size=group, prompt_len=64, response_len=128)
+
+    def ours():
+        trainer.state, metrics = trainer.update(trainer.state, trainer.frozen, batch)
+        jax.block_until_ready(metrics)
+
+    if side == "pytorch":
+        dora = copy.deepcopy(model).train()
+        dora.config.use_cache = False
+        opt = torch.optim.AdamW(dora.parameters(), lr=config.optim.lr, betas=(config.optim.b1, config.optim.b2),
+                                weight_decay=config.optim.weight_decay)
+
+    def theirs():
+        torch_update(model, model, dora, opt, batch, config.objective)
+
+    (seconds,) = median_seconds([ours if side == "ours" else theirs], runs)
+    return seconds, *batch["tokens_BxT"].shape
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json")
+    parser.add_argument("--side", choices=["ours", "pytorch"], help=argparse.SUPPRESS)  # one side, in a child
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        model, lm = random_qwen2(save_to=tmp)
-        config = common.get_config()
-        config.ref_dir = config.nora_dir = tmp
-        config.objective.group_size = args.group
-        config.mesh.update(data=1, fsdp=1, tensor=1)
-        config.trainer.progress = False
-        trainer = Trainer(config, tempfile.mkdtemp(), devices=jax.devices()[:1])
-    batch = random_batch(np.random.default_rng(0), vocab_size=lm.config.vocab_size, prompts=args.prompts,
-                         group_size=args.group, prompt_len=64, response_len=128)
-
-    def ours():
-        trainer.state, metrics = trainer.update(trainer.state, trainer.frozen, batch)
-        jax.block_until_ready(metrics)
-
-    dora = copy.deepcopy(model).train()
-    dora.config.use_cache = False
-    opt = torch.optim.AdamW(dora.parameters(), lr=config.optim.lr, betas=(config.optim.b1, config.optim.b2),
-                            weight_decay=config.optim.weight_decay)
-
-    def theirs():
-        torch_update(model, model, dora, opt, batch, config.objective)
-
-    # In blocks, ours first: once PyTorch has run in this process, the same XLA update runs about
-    # 10% slower (3.57 s before vs 3.92 s after on the 2-core CPU), which training never sees.
-    t_ours, t_theirs = median_seconds([ours, theirs], args.runs, interleave=False)
-    n = batch["tokens_BxT"].size
-    r = {"device": device_name(), "config": config_name(), "batch": int(batch["tokens_BxT"].shape[0]),
-         "length": int(batch["tokens_BxT"].shape[1]), "ours_tok_s": n / t_ours, "pytorch_tok_s": n / t_theirs,
-         "ratio": t_theirs / t_ours}
+    if args.side:
+        print(json.dumps(time_side(args.side, args.prompts, args.group, args.runs)))
+        return
+    # Each side in its own fresh process, one after the other: sharing a process, one library's
+    # thread pools and allocator state slow the other (the XLA update ran about 10% slower once
+    # PyTorch had run in the same process).
+    timings = {}
+    for side in ("ours", "pytorch"):
+        out = subprocess.run([sys.executable, __file__, f"--side={side}", f"--prompts={args.prompts}",
+                              f"--group={args.group}", f"--runs={args.runs}"], check=True, capture_output=True,
+                             text=True).stdout
+        timings[side] = json.loads(out.strip().splitlines()[-1])
+    (t_ours, B, T), (t_theirs, _, _) = timings["ours"], timings["pytorch"]
+    n = B * T
+    r = {"device": device_name(), "config": config_name(), "batch": B, "length": T, "ours_tok_s": n / t_ours,
+         "pytorch_tok_s": n / t_theirs, "ratio": t_theirs / t_ours}
     print(f"device: {r['device']}   config: {r['config']}   batch {r['batch']} x length {r['length']}")
     print(f"dora_indicator update: ours {r['ours_tok_s']:.0f} tok/s, PyTorch {r['pytorch_tok_s']:.0f} tok/s, "
           f"ratio {r['ratio']:.2f} (target >= 1)")
