@@ -7,8 +7,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")  # figures are written to files only
 
-import dora_jax  # noqa: E402,F401  (first: its XLA CPU flags must be set before any JAX backend starts)
-
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -16,6 +16,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import jaxlib.version
 import optax
 
 from dora_jax import objectives, scoring
@@ -105,11 +106,22 @@ def make_update(model_config: ModelConfig, objective_cfg, tx: optax.GradientTran
     return update
 
 
+# XLA CPU options for the update step: the YNNPACK/XNNPACK dot fusions make the decoder's
+# forward and backward slower than XLA's own dot emitter on the CPUs measured (attention
+# forward 125 -> 71 ms in benchmarks/train_step.py's model), but they speed up decoding, so
+# they are turned off for this one compilation only. jaxlib < 0.10.2 does not know them.
+CPU_UPDATE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "",
+                      "xla_cpu_experimental_xnn_graph_fusion_mode": "XNN_GRAPH_FUSION_MODE_DISABLED"}
+
+
 def jit_update(update, state_shardings, frozen_shardings, batch_shardings, metrics_sharding=None):
     """Jitted update with explicit in/out shardings; the old state's buffers are donated.
 
     A replicated `metrics_sharding` lets every process of a multi-process run read the metrics.
     """
+    platform = next(iter(jax.tree.leaves(state_shardings)[0].device_set)).platform
+    cpu = platform == "cpu" and jaxlib.version.__version_info__[:3] >= (0, 10, 2)
     return jax.jit(update, in_shardings=(state_shardings, frozen_shardings, batch_shardings),
-                   out_shardings=(state_shardings, metrics_sharding), donate_argnums=(0,))
+                   out_shardings=(state_shardings, metrics_sharding), donate_argnums=(0,),
+                   compiler_options=CPU_UPDATE_OPTIONS if cpu else None)
 

@@ -157,3 +157,16 @@ def test_truncate_drops_lines_after_the_checkpoint_and_a_cut_off_last_line(tmp_p
     assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
     _truncate_jsonl(str(path), -1)  # no checkpoint: everything is recomputed
     assert path.read_text() == ""
+
+
+@pytest.mark.skipif(tuple(int(x) for x in jax.__version__.split(".")[:3]) < (0, 10, 2),
+                    reason="this jaxlib does not know the CPU dot options")
+def test_cpu_update_turns_off_dot_library_fusions(tmp_path):
+    """The update turns off XLA's YNNPACK dot fusions for itself only (step.CPU_UPDATE_OPTIONS)."""
+    trainer = Trainer(smoke_config(), str(tmp_path), devices=jax.devices()[:1])
+    batch = RandomRollouts(seed=3, **SHAPE).next_batch(0)
+    update_hlo = trainer.update.lower(trainer.state, trainer.frozen, batch).compile().as_text()
+    plain_hlo = jax.jit(lambda a, b: a @ b).lower(np.ones((64, 64), np.float32), np.ones((64, 64), np.float32)) \
+        .compile().as_text()
+    assert "ynn_fusion" in plain_hlo, "jaxlib no longer fuses dots with YNNPACK by default; drop CPU_UPDATE_OPTIONS"
+    assert "ynn_fusion" not in update_hlo
