@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -155,4 +156,5 @@ def test_compare_writes_one_table_and_plot(shared, tmp_path):
     table = (out / "compare.md").read_text()
     for row in ("| Ref (SFT) |", "| Nora (GRPO) |", "| indicator |", "| polyepo |"):
         assert row in table
-    assert "pass@32" in table and (out / "figures" / "compare_pass_at_k.png").exists()
+    assert re.search(r"\| indicator \| 0\.\d{3} \| 0\.\d{3} \|", table)  # measured pass@1 and pass@8
+    assert (out / "figures" / "compare_pass_at_k.png").exists()

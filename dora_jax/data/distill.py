@@ -21,8 +21,7 @@ def distill_corpus(evaluator, problems: list, dora_params, nora_params, cfg, see
     n = cfg.samples_per_problem
     dora = evaluator.sample(dora_params, problems, n, seed=seed, desc=f"distill: sample Dora ({len(problems)} x {n})")
     keep_PxN = dora["correct"].copy()
-    replay = cfg.nora_replay
-    if cfg.rare_only or replay:
+    if cfg.rare_only or cfg.nora_replay:
         nora = evaluator.sample(nora_params, problems, n, seed=seed + 1, desc="distill: sample Nora")
     if cfg.rare_only:
         # share_PxN: how often Nora used each of Dora's strategies on the same problem.
@@ -31,7 +30,7 @@ def distill_corpus(evaluator, problems: list, dora_params, nora_params, cfg, see
     prompt_QxP, mask_QxP = evaluator.task.prompts(problems)
     corpus = _examples(dora, keep_PxN, prompt_QxP, mask_QxP)
     summary = f"Distillation corpus: {len(corpus)} of Dora's {dora['correct'].size} samples"
-    if replay:
+    if cfg.nora_replay:
         corpus += _examples(nora, nora["correct"], prompt_QxP, mask_QxP)
         summary += f", plus Nora's {int(nora['correct'].sum())} correct samples (config.distill.nora_replay)"
     print(summary + ".")

@@ -68,7 +68,7 @@ class MathTask:
         self.vocab_size = len(self.tokenizer)
         self.prompt_len = cfg.max_prompt_len
         self.splits = {"rl": self._load(cfg.train_data), "eval": self._load(cfg.eval_data)}
-        self._streams: dict[tuple[int, int], LengthBucketed] = {}
+        self._streams: dict[tuple[str, int, int], LengthBucketed] = {}
 
     def _load(self, spec: str) -> list[dict]:
         fields = {"problem": self.cfg.problem_field, "answer": self.cfg.answer_field}
@@ -105,7 +105,7 @@ class MathTask:
         """Batch start // count of the split's length-bucketed stream (batches of `count` problems)."""
         if start % count:
             raise ValueError(f"start={start} is not a multiple of the batch size {count}.")
-        key = (count, seed)
+        key = (split, count, seed)
         if key not in self._streams:
             # Every host reads the whole batch: the learner lays rows onto its global mesh itself.
             stream = prompt_stream(self.splits[split], seed, shard=(0, 1))

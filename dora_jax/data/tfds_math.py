@@ -39,7 +39,7 @@ class MathProblems(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         manual = str(dl_manager.manual_dir)
-        files = sorted(f for f in os.listdir(manual) if os.path.splitext(f)[1].lstrip(".") in ("json", "jsonl", "parquet"))
+        files = sorted(f for f in os.listdir(manual) if os.path.splitext(f)[1].lstrip(".") in records.FORMATS)
         if not files:
             raise records.DataError(f"{manual}: no .json, .jsonl or .parquet files to build the TFDS dataset from.")
         return {os.path.splitext(f)[0]: self._generate_examples(os.path.join(manual, f)) for f in files}

@@ -15,6 +15,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from dora_jax import distributed
 from dora_jax.models.config import ModelConfig
 from dora_jax.models.lm import LM, Params, param_shapes
 
@@ -27,7 +28,7 @@ def save(out_dir: str, config: ModelConfig, params: Params) -> None:
     os.makedirs(out_dir, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(os.path.join(out_dir, "params"), params, force=True)
-    if jax.process_index() == 0:
+    if distributed.is_chief():
         with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
             f.write(config.to_json())
 

@@ -55,13 +55,14 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 
-from dora_jax import objectives, scoring
+from dora_jax import scoring
 from dora_jax.data.tasks import make_task
 from dora_jax.models import ModelConfig, checkpoint, hf
 from dora_jax.models.lm import boxed_shapes
 from dora_jax.trainer import sharding
 from dora_jax.trainer.loop import model_config_from
 from dora_jax.trainer.state import init_state, make_optimizer
+from dora_jax.trainer.step import scored_trees
 
 GiB = 2**30
 
@@ -181,7 +182,7 @@ def plan(config, mesh: Mapping[str, int] | None = None, prompt_len: int | None =
         dora_params=dora, optimizer=state_bytes - dora, gradients=dora * (1 if M == 1 else 2), kv_cache=kv_cache,
         sampler_params=_tree_bytes(boxed, kv_mesh, rules) if process_mode else 0,
         activations=sum(activation_bytes(model_config, boxed, abstract_mesh, rules, B // M, T,
-                                         _scored_trees(config.objective)).values()))
+                                         scored_trees(config.objective)).values()))
 
 
 def activation_bytes(model_config: ModelConfig, boxed: Any, mesh: AbstractMesh, rules: sharding.Rules, rows: int,
@@ -334,13 +335,6 @@ def _frozen_dtype(path: str, config) -> str:
         with open(os.path.join(path, checkpoint.CONFIG_FILE)) as f:
             return json.load(f)["param_dtype"]
     return config.model.param_dtype
-
-
-def _scored_trees(objective_cfg) -> tuple[str, ...]:
-    """The trees the update scores, as `step.make_update` decides."""
-    uses = getattr(objectives.get_loss(objective_cfg.loss), "uses", ("ref", "nora"))
-    ref = "ref" in uses or objective_cfg.get("beta_kl", 0.0) > 0
-    return ("dora",) + (("nora",) if "nora" in uses else ()) + (("ref",) if ref else ())
 
 
 def _gib(n: int) -> str:

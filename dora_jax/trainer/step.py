@@ -28,6 +28,16 @@ BATCH_KEYS = ("tokens_BxT", "mask_BxT", "response_mask_BxT", "logp_old_BxT", "re
 _STABLE_NAMES = {"psi_mean": "psi/mean", "indicator_frac": "indicator/frac"}
 
 
+def scored_trees(objective_cfg) -> tuple[str, ...]:
+    """The trees the update scores: Dora, plus the frozen ones the loss reads (SFT and GRPO with
+    beta_kl = 0 read neither). `log_kl_nora` adds Nora so that methods trained from ref (GRPO,
+    Poly-EPO) still report their distance to her."""
+    uses = getattr(objectives.get_loss(objective_cfg.loss), "uses", ("ref", "nora"))
+    nora = "nora" in uses or getattr(objective_cfg, "log_kl_nora", False)
+    ref = "ref" in uses or getattr(objective_cfg, "beta_kl", 0.0) > 0
+    return ("dora",) + (("nora",) if nora else ()) + (("ref",) if ref else ())
+
+
 def make_update(model_config: ModelConfig, objective_cfg, tx: optax.GradientTransformation, *, temperature: float,
                 grad_accum: int) -> Callable[[TrainState, dict, dict], tuple[TrainState, dict]]:
     """Builds `update(state, frozen, batch) -> (state, metrics)`; `frozen` = {"ref": p, "nora": p}."""
@@ -35,11 +45,8 @@ def make_update(model_config: ModelConfig, objective_cfg, tx: optax.GradientTran
     advantage_fn = objectives.get_advantage(objective_cfg.advantage)
     G = objective_cfg.group_size
 
-    # Score only the frozen trees the loss reads: SFT and GRPO (beta_kl = 0) need neither.
-    uses = getattr(loss_fn, "uses", ("ref", "nora"))
-    uses_ref = "ref" in uses or getattr(objective_cfg, "beta_kl", 0.0) > 0
-    # log_kl_nora: methods trained from ref (GRPO, Poly-EPO) still report their distance to Nora.
-    uses_nora = "nora" in uses or getattr(objective_cfg, "log_kl_nora", False)
+    trees = scored_trees(objective_cfg)
+    uses_ref, uses_nora = "ref" in trees, "nora" in trees
     entropy_coef = getattr(objective_cfg, "entropy_coef", 0.0)
 
     def micro_loss(params, frozen, mb, denoms):

@@ -132,3 +132,13 @@ def test_launcher_prints_the_table_and_fails_when_it_does_not_fit():
     assert "total (peak)" in fits.stdout and "headroom" in fits.stdout and "T = 6 + 32 tokens" in fits.stdout
     tight = launch(1e-6)
     assert tight.returncode != 0 and "does not fit" in tight.stderr and "total (peak)" in tight.stdout
+
+
+def test_planner_scores_the_trees_the_update_scores():
+    """One decision (step.scored_trees) for both: Poly-EPO logs KL to Nora, so Nora is scored too."""
+    from configs import indicator, nora_grpo, polyepo
+    from dora_jax.trainer.step import scored_trees
+
+    assert scored_trees(polyepo.get_config().objective) == ("dora", "nora")
+    assert scored_trees(nora_grpo.get_config().objective) == ("dora",)
+    assert scored_trees(indicator.get_config().objective) == ("dora", "nora", "ref")
