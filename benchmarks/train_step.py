@@ -9,7 +9,7 @@ AdamW. Same random Qwen2 weights on both sides (4 layers, width 256, vocabulary 
 Ours is `Trainer.update` on one device, which also computes Dora's entropy, the exact
 KL(Dora || Nora) and all the metrics of metrics.jsonl; the PyTorch side computes the loss only.
 Tokens per second counts B x T tokens per update; median of `--runs` updates after a warm-up,
-each side timed in its own process (see `main`).
+each side timed in its own process, the two sides alternating for `--rounds` rounds (see `main`).
 """
 
 from __future__ import annotations
@@ -94,29 +94,34 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group", type=int, default=8)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=5, help="timed updates per process (median)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the two sides")
     parser.add_argument("--json")
     parser.add_argument("--side", choices=["ours", "pytorch"], help=argparse.SUPPRESS)  # one side, in a child
     args = parser.parse_args()
     if args.side:
         print(json.dumps(time_side(args.side, args.prompts, args.group, args.runs)))
         return
-    # Each side in its own fresh process, one after the other: sharing a process, one library's
-    # thread pools and allocator state slow the other (the XLA update ran about 10% slower once
-    # PyTorch had run in the same process).
-    timings = {}
-    for side in ("ours", "pytorch"):
-        out = subprocess.run([sys.executable, __file__, f"--side={side}", f"--prompts={args.prompts}",
-                              f"--group={args.group}", f"--runs={args.runs}"], check=True, capture_output=True,
-                             text=True).stdout
-        timings[side] = json.loads(out.strip().splitlines()[-1])
-    (t_ours, B, T), (t_theirs, _, _) = timings["ours"], timings["pytorch"]
+    # Each side in its own fresh process: sharing a process, one library's thread pools and
+    # allocator state slow the other (the XLA update ran about 10% slower once PyTorch had run in
+    # the same process). The sides alternate for `--rounds` rounds, so a slow spell of the machine
+    # hits both; the ratio is of the two medians, and the per-round ratios are reported with it.
+    seconds = {"ours": [], "pytorch": []}
+    for _ in range(args.rounds):
+        for side in seconds:
+            out = subprocess.run([sys.executable, __file__, f"--side={side}", f"--prompts={args.prompts}",
+                                  f"--group={args.group}", f"--runs={args.runs}"], check=True, capture_output=True,
+                                 text=True).stdout
+            t, B, T = json.loads(out.strip().splitlines()[-1])
+            seconds[side].append(t)
+    t_ours, t_theirs = float(np.median(seconds["ours"])), float(np.median(seconds["pytorch"]))
     n = B * T
     r = {"device": device_name(), "config": config_name(), "batch": B, "length": T, "ours_tok_s": n / t_ours,
-         "pytorch_tok_s": n / t_theirs, "ratio": t_theirs / t_ours}
+         "pytorch_tok_s": n / t_theirs, "ratio": t_theirs / t_ours,
+         "round_ratios": [round(p / o, 3) for o, p in zip(seconds["ours"], seconds["pytorch"])]}
     print(f"device: {r['device']}   config: {r['config']}   batch {r['batch']} x length {r['length']}")
     print(f"dora_indicator update: ours {r['ours_tok_s']:.0f} tok/s, PyTorch {r['pytorch_tok_s']:.0f} tok/s, "
-          f"ratio {r['ratio']:.2f} (target >= 1)")
+          f"ratio {r['ratio']:.2f} (target >= 1); per round {r['round_ratios']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump([r], f, indent=2)
