@@ -14,9 +14,20 @@ import transformers
 
 from dora_jax.models import hf
 
-HF_CONFIG = dict(vocab_size=1024, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False, bos_token_id=1,
-                 eos_token_id=2, pad_token_id=0)
+# Random Qwen2 shapes (transformers config fields): "tiny" is the CPU benchmarks' model; "0.5b" and
+# "1.5b" are Qwen2.5-0.5B's and -1.5B's (tied embeddings), for accelerators.
+SIZES = {
+    "tiny": dict(vocab_size=1024, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False),
+    "0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                 num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6,
+                 tie_word_embeddings=True),
+    "1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                 num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6,
+                 tie_word_embeddings=True),
+}
+SPECIAL_IDS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+HF_CONFIG = {**SIZES["tiny"], **SPECIAL_IDS}
 
 
 def random_qwen2(save_to: str | None = None, **overrides):
@@ -43,6 +54,11 @@ def cpu_name() -> str:
 def device_name() -> str:
     device = jax.devices()[0]
     return f"{device.platform} {cpu_name()} x{os.cpu_count()}" if device.platform == "cpu" else device.device_kind
+
+
+def hf_config(size: str) -> dict:
+    """The transformers config fields of a random Qwen2 of `size` (a key of SIZES)."""
+    return {"model_type": "qwen2", **SIZES[size], **SPECIAL_IDS}
 
 
 def config_name(**overrides) -> str:

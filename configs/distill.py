@@ -27,10 +27,9 @@ def get_config(arg=None):
     c.objective.loss = "sft"
     c.objective.group_size = 1
 
-    # Distillation
-    c.distill.samples_per_problem = 8
+    # Distillation: 8 Dora samples per training problem, kept when correct and, unless the variant is
+    # `:all_correct`, of a strategy Nora uses in under a quarter of her own samples (common's defaults).
     c.distill.rare_only = "all_correct" not in common.variants(arg)
-    c.distill.rare_share = 0.25
     # Rehearsal: Nora's own correct samples join the corpus. Without them, the few rare-strategy
     # samples (about 170 on the embedded task) are seen for 20+ epochs and Nora's pass@1 falls.
     c.distill.nora_replay = True

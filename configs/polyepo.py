@@ -22,11 +22,9 @@ def get_config(arg=None):
     c.build.ref = ref_sft.get_config(common.build_arg(arg))
     c.build.nora = nora_grpo.get_config(common.build_arg(arg))
 
-    # Objective: the PPO-clipped policy gradient of GRPO with a set-level advantage.
+    # Objective: the PPO-clipped policy gradient of GRPO with a set-level advantage; group_size,
+    # set_size (4 of 8: 70 subsets per group) and diversity_bonus keep common's defaults.
     c.objective.advantage = "poly_epo" if c.name == "polyepo" else c.name
-    c.objective.group_size = 8  # N responses per prompt
-    c.objective.set_size = 4  # n: subsets of size 4 out of 8 (70 per group)
-    c.objective.diversity_bonus = 0.5  # grpo_diversity only
     c.objective.log_kl_nora = True  # report KL to Nora although the loss does not read her
 
     # Diversity: Countdown's own strategy labels (the operator template); see dora_jax.rewards.diversity.

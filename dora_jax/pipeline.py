@@ -20,7 +20,7 @@ import time
 from dora_jax import distributed
 from dora_jax.data.distill import distill_corpus
 from dora_jax.data.sft import SFTBatches
-from dora_jax.data.tasks import make_task
+from dora_jax.data.tasks import TASKS, make_task
 from dora_jax.eval import plots, report
 from dora_jax.eval.evaluate import Evaluator, summarize
 from dora_jax.models import checkpoint
@@ -47,13 +47,11 @@ def run(config, workdir: str) -> dict:
             start = time.perf_counter()
             config[f"{role}_dir"], built = build_policy(config.build[role], config.cache_dir)
             timing[f"build {role}" if built else f"{role} (cached)"] = time.perf_counter() - start
-    if config.task.name != "countdown" and not config.ref_dir:
+    if getattr(TASKS.get(config.task.name), "needs_model_dir", False) and not config.ref_dir:
         raise ValueError(f"config.ref_dir is empty: the {config.task.name} task trains from a local model, it builds "
                          "none. Pass --config.ref_dir=HF_DIR (e.g. a DeepSeek-R1-Distill-Qwen dir) and, for Dora, "
                          "--config.nora_dir=DIR of the GRPO-trained Nora.")
-    if "tokenizer_dir" in config.task and not config.task.tokenizer_dir:
-        config.task.tokenizer_dir = config.ref_dir  # the tokenizer lives with the reference model
-    task = make_task(config.task)
+    task = make_task(_with_tokenizer_dir(config.task, config.ref_dir))
     if config.model.vocab_size == 0:
         config.model.vocab_size = task.vocab_size
     os.makedirs(workdir, exist_ok=True)
@@ -107,7 +105,7 @@ def run(config, workdir: str) -> dict:
     figures = os.path.join(workdir, "figures")
     plots.plot_curves({config.name: records}, figures)
     plots.plot_eval(summary, figures)
-    text = report.write_report(workdir, config, summary, records, critic, timing)
+    text = report.write_report(workdir, config, summary)
     print(text)
     return summary
 
@@ -167,10 +165,7 @@ def evaluate_policies(config, policy_dirs: dict[str, str], out_dir: str) -> dict
     Writes OUT/eval.json, OUT/passk.md (every k up to eval.samples) and OUT/figures/.
     """
     config = copy.deepcopy(config)
-    if "tokenizer_dir" in config.task and not config.task.tokenizer_dir:
-        # The tokenizer lives with a Hugging Face model dir: the ref's, else the first policy's.
-        config.task.tokenizer_dir = config.ref_dir or next(iter(policy_dirs.values()))
-    task = make_task(config.task)
+    task = make_task(_with_tokenizer_dir(config.task, config.ref_dir or next(iter(policy_dirs.values()))))
     loaded = {name: load_policy(path, config) for name, path in policy_dirs.items()}
     model_config = next(iter(loaded.values())).config
     evaluator = Evaluator(task, model_config, config)
@@ -205,14 +200,16 @@ def sweep(config, workdir: str) -> dict:
     for value in values.split(","):
         c = copy.deepcopy(config)
         c.sweep = ""
-        for target in _with_builds(c) if field == "seed" else [c]:
-            target.update_from_flattened_dict({field: kind(value)})
+        if field == "seed":
+            _reseed(c, int(value))
+        else:
+            c.update_from_flattened_dict({field: kind(value)})
         label = f"{field.split('.')[-1]}={value}"
         summaries[label] = run(c, os.path.join(workdir, label))
         runs[label] = plots.read_metrics(os.path.join(workdir, label))
     if distributed.is_chief():
         plots.plot_curves(runs, os.path.join(workdir, "figures"))
-        text = report.sweep_table(field, summaries, runs, config.name)
+        text = report.sweep_table(field, summaries, config.name)
         with open(os.path.join(workdir, "sweep.md"), "w") as f:
             f.write(text)
         print(text)
@@ -240,8 +237,7 @@ def compare(specs: list[str], seeds: list[int], workdir: str, overrides: dict | 
         for spec in specs:
             c = load_config(spec)
             label = os.path.basename(spec).replace(".py", "").removesuffix(":smoke").replace(",smoke", "")
-            for target in _with_builds(c):  # Ref and Nora are reseeded too: each seed is its own pipeline
-                target.seed = seed
+            _reseed(c, seed)
             c.update_from_flattened_dict(overrides or {})
             summaries.setdefault(label, {})[seed] = run(c, os.path.join(workdir, f"seed={seed}", label.replace(":", "_")))
             # Rewritten after every run, so an interrupted comparison keeps a table of what finished.
@@ -253,6 +249,19 @@ def compare(specs: list[str], seeds: list[int], workdir: str, overrides: dict | 
         plots.plot_compare(summaries, os.path.join(workdir, "figures"))
         print(text)
     return summaries
+
+
+def _with_tokenizer_dir(task_config, model_dir: str):
+    """`task_config` with an empty `tokenizer_dir` set to `model_dir` (the tokenizer lives with the model)."""
+    if "tokenizer_dir" in task_config and not task_config.tokenizer_dir:
+        task_config.tokenizer_dir = model_dir
+    return task_config
+
+
+def _reseed(config, seed: int) -> None:
+    """Sets `seed` in the config and in the ref and Nora builds: each seed is an independent pipeline."""
+    for target in _with_builds(config):
+        target.seed = seed
 
 
 def _with_builds(config) -> list:

@@ -6,12 +6,14 @@ import re
 import subprocess
 import sys
 
+import jax
 import numpy as np
 
 import pytest
 
 from configs import clipped, distill, indicator, nora_grpo, polyepo
-from dora_jax import pipeline
+from dora_jax import objectives, pipeline
+from dora_jax.data import countdown
 from tests import math_world
 
 
@@ -111,8 +113,18 @@ def test_math_grpo_then_dora_then_eval_on_files(tmp_path):
 
 
 @pytest.mark.parametrize("variant", ["smoke", "pass_at_k,smoke", "grpo_diversity,smoke"])
-def test_set_rl_trains_from_ref_with_the_shared_trainer(shared, tmp_path, variant):
+def test_set_rl_trains_from_ref_with_the_shared_trainer(shared, tmp_path, variant, monkeypatch):
     c = _smoke(polyepo, shared, variant)
+    # Record what the configured set advantage receives and returns inside the jitted update.
+    name, seen = c.objective.advantage, []
+    advantage = objectives.ADVANTAGES[name]
+
+    def spy(rewards_PxG, clusters_PxG, hp):
+        out = advantage(rewards_PxG, clusters_PxG, hp)
+        jax.debug.callback(lambda *xs: seen.append([np.asarray(x) for x in xs]), rewards_PxG, clusters_PxG, out)
+        return out
+
+    monkeypatch.setitem(objectives.ADVANTAGES, name, spy)
     summary = pipeline.run(c, str(tmp_path / c.name))
     assert set(summary["policies"]) == {"ref", "nora", c.name}
     records = [json.loads(line) for line in open(tmp_path / c.name / "metrics.jsonl")][1:]
@@ -120,6 +132,13 @@ def test_set_rl_trains_from_ref_with_the_shared_trainer(shared, tmp_path, varian
     # shared sampler -> scorer (Nora included, for the KL) -> update path and log every metric.
     assert len(records) == 4 and all(np.isfinite([r["kl/dora_nora_token"], r["advantage/abs_mean"], r["loss"]]).all()
                                      for r in records)
+    # Every update used the configured advantage on its batch's rewards and strategy labels (Countdown's
+    # templates, -1 for none), and logged it.
+    assert len(seen) == len(records)
+    for (rewards, clusters, adv), record in zip(seen, records):
+        assert rewards.shape == clusters.shape == adv.shape == (c.rollout.prompts_per_step, c.objective.group_size)
+        assert clusters.min() >= -1 and clusters.max() < len(countdown.TEMPLATES)
+        assert np.mean(np.abs(adv)) == pytest.approx(record["advantage/abs_mean"], abs=1e-6)
 
 
 def test_handover_trains_dora_on_her_own_windows(shared, tmp_path):

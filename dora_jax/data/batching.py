@@ -43,17 +43,19 @@ class LengthBucketed(grain.MapDataset):
         if batch_size < 1 or window < 1:
             raise ValueError(f"batch_size={batch_size} and window={window} must be >= 1.")
         self._length, self._batch_size, self._window, self._seed = length, batch_size, window, seed
+        self._sorted = (-1, [])  # (window, its items sorted by length): batches are read window by window
 
     def __len__(self) -> int:
         return len(self._parent) // self._batch_size
 
     def __getitem__(self, index: int) -> list:
         w, j = divmod(index, self._window)
-        span = self._window * self._batch_size
-        items = [self._parent[w * span + i] for i in range(span)]
-        order = sorted(range(span), key=lambda i: self._length(items[i]))  # stable: ties keep stream order
+        if self._sorted[0] != w:
+            span = self._window * self._batch_size
+            items = [self._parent[w * span + i] for i in range(span)]
+            self._sorted = (w, sorted(items, key=self._length))  # stable: ties keep stream order
         batch = np.random.default_rng([self._seed, w]).permutation(self._window)[j]
-        return [items[i] for i in order[batch * self._batch_size:(batch + 1) * self._batch_size]]
+        return self._sorted[1][batch * self._batch_size:(batch + 1) * self._batch_size]
 
     def __str__(self) -> str:
         return f"LengthBucketed(batch_size={self._batch_size}, window={self._window})"

@@ -58,6 +58,7 @@ class MathTask:
     name = "math"
     strategy_names: tuple[str, ...] = ()  # math has no strategy labels
     exact_vocab = False  # the tokenizer's ids need only fit the model's (often padded) embedding
+    needs_model_dir = True  # the tokenizer and the starting weights come from a local model dir
 
     def __init__(self, cfg):
         self.cfg = cfg

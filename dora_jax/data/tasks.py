@@ -24,6 +24,7 @@ class CountdownTask:
     strategy_names = tuple(t.name for t in countdown.TEMPLATES)
     rare_strategies = tuple(i for i, w in enumerate(countdown.SFT_WEIGHTS) if w <= countdown.RARE_MAX_WEIGHT)
     exact_vocab = True  # the model is built for this tokenizer: another vocabulary means a model of another task
+    needs_model_dir = False  # ref is trained from scratch (SFT on the embedded corpus) when no dir is given
 
     def __init__(self, cfg):
         self.cfg = cfg

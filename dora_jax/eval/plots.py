@@ -8,6 +8,8 @@ import os
 # No backend is forced: headless machines fall back to Agg, and notebooks keep inline figures.
 import matplotlib.pyplot as plt
 
+from dora_jax.eval import report
+
 # metrics.jsonl key -> (file stem, axis label): the curves of the paper's Figures 2-9.
 CURVES = {
     "eval/accuracy": ("eval_accuracy", "held-out accuracy"),
@@ -88,7 +90,8 @@ def plot_compare(summaries: dict[str, dict[int, dict]], out_dir: str) -> str:
     os.makedirs(out_dir, exist_ok=True)
     first = next(iter(summaries.values()))
     runs = {"Ref": [(s, "ref") for s in first.values()], "Nora": [(s, "nora") for s in first.values()]}
-    runs.update({label: [(s, list(s["policies"])[-1]) for s in per_seed.values()] for label, per_seed in summaries.items()})
+    runs.update({label: [(s, report.trained_policy(s)) for s in per_seed.values()]
+                 for label, per_seed in summaries.items()})
     curves = {}
     for label, pairs in runs.items():
         ks = sorted(int(k) for k in pairs[0][0]["policies"][pairs[0][1]]["pass@k"])

@@ -63,12 +63,10 @@ def checks(summary: dict, kl: float | None) -> list[tuple[str, bool, str]]:
     return out
 
 
-def write_report(workdir: str, config, summary: dict, records: list[dict], critic: dict[str, float | None],
-                 timing: dict[str, float]) -> str:
-    """Writes workdir/report.md and returns its text."""
-    p = summary["policies"]
+def write_report(workdir: str, config, summary: dict) -> str:
+    """Writes workdir/report.md (from eval.json's summary) and returns its text."""
+    p, critic, timing = summary["policies"], summary["critic_score"], summary["timing"]
     k8 = 8 if all("8" in e["pass@k"] for e in p.values()) else min(max(int(x) for x in e["pass@k"]) for e in p.values())
-    kl = last_value(records, "kl/dora_nora_token")
     lines = [f"# {config.name}: {config.objective.loss} on {config.task.name}", "",
              f"Held-out problems: {summary['num_problems']}, {summary['samples_per_problem']} samples each at "
              f"temperature {config.rollout.temperature}. Updates: {config.trainer.num_steps}, lr {config.optim.lr}"
@@ -86,7 +84,7 @@ def write_report(workdir: str, config, summary: dict, records: list[dict], criti
     if summary.get("labelled_strategies", True):
         lines += _diversity_table(p, k8)
     lines += ["", "## pass@k", "", *passk_table(summary)]
-    found = checks(summary, kl)
+    found = checks(summary, summary.get("kl_to_nora"))
     if found:
         lines += ["", "## The phenomenon, measured", "", "| claim | holds | measured |", "|---|---|---|"]
         lines += [f"| {claim} | {'yes' if ok else 'no'} | {measured} |" for claim, ok, measured in found]
@@ -128,54 +126,51 @@ def last_value(records: list[dict], key: str):
     return next((r[key] for r in reversed(records) if key in r), None)
 
 
-def sweep_table(field: str, summaries: dict[str, dict], runs: dict[str, list[dict]], name: str) -> str:
+def mean_std(values) -> str:
+    """"mean ± sample std" of the values that are not None ("mean" for one value, "n/a" for none).
+
+    Sample (n - 1) deviation: a handful of seeds must not understate the spread."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.3f}"
+    return f"{mean:.3f} ± {(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5:.3f}"
+
+
+def sweep_table(field: str, summaries: dict[str, dict], name: str) -> str:
     """sweep.md: one row per run, then mean and standard deviation over the runs."""
-    columns = {  # column -> value from (summary, records)
-        "Ref pass@8": lambda s, r: _lookup(s, "ref", 8),
-        "Nora pass@1": lambda s, r: _lookup(s, "nora", 1),
-        "Nora pass@8": lambda s, r: _lookup(s, "nora", 8),
-        f"{_label(name)} pass@1": lambda s, r: _lookup(s, name, 1),
-        f"{_label(name)} pass@8": lambda s, r: _lookup(s, name, 8),
-        f"{_label(name)}+Nora pass@8": lambda s, r: _lookup(s, f"{name}+nora", 8),
-        "Nora+Ref pass@8": lambda s, r: _lookup(s, "nora+ref", 8),
-        "Ref entropy": lambda s, r: s["policies"].get("ref", {}).get("strategy_entropy"),
-        "Nora entropy": lambda s, r: s["policies"].get("nora", {}).get("strategy_entropy"),
-        f"{_label(name)} entropy": lambda s, r: s["policies"].get(name, {}).get("strategy_entropy"),
-        "KL(Dora||Nora)": lambda s, r: last_value(r, "kl/dora_nora_token"),
+    columns = {  # column -> value from a run's summary
+        "Ref pass@8": lambda s: _lookup(s, "ref", 8),
+        "Nora pass@1": lambda s: _lookup(s, "nora", 1),
+        "Nora pass@8": lambda s: _lookup(s, "nora", 8),
+        f"{_label(name)} pass@1": lambda s: _lookup(s, name, 1),
+        f"{_label(name)} pass@8": lambda s: _lookup(s, name, 8),
+        f"{_label(name)}+Nora pass@8": lambda s: _lookup(s, f"{name}+nora", 8),
+        "Nora+Ref pass@8": lambda s: _lookup(s, "nora+ref", 8),
+        "Ref entropy": lambda s: s["policies"].get("ref", {}).get("strategy_entropy"),
+        "Nora entropy": lambda s: s["policies"].get("nora", {}).get("strategy_entropy"),
+        f"{_label(name)} entropy": lambda s: s["policies"].get(name, {}).get("strategy_entropy"),
+        "KL(Dora||Nora)": lambda s: s.get("kl_to_nora"),
     }
-    rows = {label: [fn(summaries[label], runs[label]) for fn in columns.values()] for label in summaries}
+    rows = {label: [fn(summary) for fn in columns.values()] for label, summary in summaries.items()}
     lines = [f"# Sweep of {field}", "", "| run | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     lines += [f"| {label} | " + " | ".join(fmt(v) for v in values) + " |" for label, values in rows.items()]
-    stats = []
-    for i in range(len(columns)):
-        values = [v[i] for v in rows.values() if v[i] is not None]
-        mean = sum(values) / len(values) if values else None
-        # Sample standard deviation (n - 1): a handful of seeds must not understate the spread.
-        std = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5 if values else None
-        stats.append(f"{fmt(mean)} ± {fmt(std)}" if values else "n/a")
-    lines.append("| mean ± sample std | " + " | ".join(stats) + " |")
+    lines.append("| mean ± sample std | " + " | ".join(mean_std(v[i] for v in rows.values())
+                                                        for i in range(len(columns))) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _trained(summary: dict) -> str:
+def trained_policy(summary: dict) -> str:
     """The policy a run trained: the last one evaluated (ref and Nora come first)."""
     return list(summary["policies"])[-1]
 
 
 def compare_table(summaries: dict[str, dict[int, dict]], seeds: list[int]) -> str:
     """compare.md: per method, mean ± sample std over seeds of pass@1/8/32, diversity, KL to Nora, time."""
-    def stat(values):
-        values = [v for v in values if v is not None]
-        if not values:
-            return "n/a"
-        mean = sum(values) / len(values)
-        std = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
-        return f"{mean:.3f} ± {std:.3f}" if len(values) > 1 else f"{mean:.3f}"
-
     columns = {
-        "pass@1": lambda s, n: s["policies"][n]["pass@k"].get("1"),
-        "pass@8": lambda s, n: s["policies"][n]["pass@k"].get("8"),
-        "pass@32": lambda s, n: s["policies"][n]["pass@k"].get("32"),
+        **{f"pass@{k}": (lambda s, n, k=k: _lookup(s, n, k)) for k in (1, 8, 32)},
         "+Nora pass@8": lambda s, n: _lookup(s, f"{n}+nora", 8) if n != "nora" else None,
         "distinct correct strategies / problem": lambda s, n: s["policies"][n]["distinct_correct_strategies"],
         "KL to Nora (last update)": lambda s, n: s.get("kl_to_nora") if n not in ("ref", "nora") else None,
@@ -183,12 +178,13 @@ def compare_table(summaries: dict[str, dict[int, dict]], seeds: list[int]) -> st
     }
     lines = [f"# Comparison over seeds {', '.join(map(str, seeds))} (mean ± sample std)", "",
              "| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    first = next(iter(summaries))
-    for name, label in (("ref", "Ref (SFT)"), ("nora", "Nora (GRPO)")):
-        lines.append(f"| {label} | " + " | ".join(
-            stat([fn(summaries[first][s], name) for s in seeds if s in summaries[first]]) for fn in columns.values()) + " |")
-    for label, per_seed in summaries.items():
-        lines.append(f"| {label} | " + " | ".join(
-            stat([fn(per_seed[s], _trained(per_seed[s])) for s in seeds if s in per_seed]) for fn in columns.values())
-            + " |")
+
+    def row(label, per_seed, policy_of):
+        cells = (mean_std([fn(per_seed[s], policy_of(per_seed[s])) for s in seeds if s in per_seed])
+                 for fn in columns.values())
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    first = next(iter(summaries.values()))  # Ref and Nora: the same builds in every method's runs
+    lines += [row("Ref (SFT)", first, lambda s: "ref"), row("Nora (GRPO)", first, lambda s: "nora")]
+    lines += [row(label, per_seed, trained_policy) for label, per_seed in summaries.items()]
     return "\n".join(lines) + "\n"

@@ -22,6 +22,15 @@ from dora_jax.models.lm import LM, Params, param_shapes
 CONFIG_FILE = "model_config.json"
 
 
+def quiet_info_logs() -> None:
+    """For launchers: absl logs from WARNING up unless `-v/--verbosity` was given. Orbax logs every
+    checkpoint save at INFO, hundreds of lines between the progress bars."""
+    from absl import flags, logging
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
 def save(out_dir: str, config: ModelConfig, params: Params) -> None:
     """Every process of a multi-process run calls it (orbax coordinates them); process 0 writes the config."""
     out_dir = os.path.abspath(out_dir)

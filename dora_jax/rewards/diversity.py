@@ -67,9 +67,12 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 class DiversityFn(Protocol):
-    """`fn(prompts[P], responses[P][N], labels[P, N] | None) -> int32 [P, N]`, with counters in `fn.stats`."""
+    """`fn(prompts[P], responses[P][N], labels[P, N] | None) -> int32 [P, N]`, with counters in `fn.stats`.
+
+    `reads_text = False` tells callers the texts are not read (they may pass empty strings)."""
 
     stats: dict[str, int]
+    reads_text: bool
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[Sequence[str]],
                  labels: np.ndarray | None) -> np.ndarray:
@@ -115,6 +118,8 @@ def _to_positions(ids: np.ndarray, inverse: np.ndarray) -> np.ndarray:
 
 class TaskLabels:
     """The task's own strategy labels, unchanged."""
+
+    reads_text = False
 
     def __init__(self):
         self.stats: dict[str, int] = {}
@@ -183,6 +188,8 @@ def _tfidf(counts_MxD: np.ndarray) -> np.ndarray:
 
 class Embedding:
     """Agglomerative clustering of response embeddings within each group by cosine similarity."""
+
+    reads_text = True
 
     def __init__(self, cfg: ml_collections.ConfigDict):
         if cfg.linkage not in _LINKAGES:
@@ -330,6 +337,8 @@ class LLMJudge:
     then it falls back to every distinct response its own cluster. `stats` counts groups sent, HTTP requests,
     retries and fallbacks since construction.
     """
+
+    reads_text = True
 
     def __init__(self, cfg: ml_collections.ConfigDict):
         if not cfg.model:

@@ -105,9 +105,9 @@ class RolloutMaker:
             raise ValueError("config.rollout.handover_window > 0 needs Nora's parameters in the sampler; "
                              "set config.nora_dir.")
         self.nora_params = nora_params
-        name = config.get("diversity", {}).get("name", "task_labels")
-        # Task labels need no text; other diversity functions read the decoded responses.
-        self.diversity = None if name == "task_labels" else make_diversity(config.diversity)
+        self.diversity = make_diversity(config.diversity)
+        # Functions that read the responses (embedding, LLM judge) get them decoded; task labels do not.
+        self.reads_text = getattr(self.diversity, "reads_text", True)
 
     def make(self, position: int, params) -> dict:
         """The trainer batch plus "host_metrics" and "samples" (one group as text, every samples_every batches)."""
@@ -122,12 +122,12 @@ class RolloutMaker:
                          **sampling_options(c, self.task))
         rollout = jax.device_get(rollout)
         rewards_B, valid_B, strategy_B = self.task.score(problems, rollout.tokens_BxN)
-        clusters_B = strategy_B if self.diversity is None else self._clusters(prompt_QxP, mask_QxP, rollout, strategy_B)
+        clusters_B = self._clusters(prompt_QxP, mask_QxP, rollout, strategy_B)
         batch = pack_batch(prompt_BxP, mask_BxP, rollout, rewards_B, clusters_B,
                            trained_policy=0 if self.handover_window else None)
         batch["host_metrics"] = {"rollout/valid_frac": float(np.mean(valid_B)),
                                  "rollout/finished_frac": float(np.mean(rollout.finish_B == 0))}
-        if self.diversity is not None:
+        if self.reads_text:
             batch["host_metrics"]["diversity/fallbacks"] = float(self.diversity.stats.get("fallbacks", 0))
         if self.handover_window:
             batch["host_metrics"]["handover/dora_token_frac"] = float(
@@ -144,8 +144,9 @@ class RolloutMaker:
     def _clusters(self, prompt_QxP, mask_QxP, rollout: Rollout, strategy_B: np.ndarray) -> np.ndarray:
         """Strategy cluster ids of each group's responses from the configured diversity function."""
         Q, G = len(prompt_QxP), len(strategy_B) // len(prompt_QxP)
-        prompts = [self.task.decode(p[m > 0]) for p, m in zip(prompt_QxP, mask_QxP)]
-        texts = [self.task.decode(t[m > 0]) for t, m in zip(rollout.tokens_BxN, rollout.mask_BxN)]
+        decode = self.task.decode if self.reads_text else (lambda ids: "")
+        prompts = [decode(p[m > 0]) for p, m in zip(prompt_QxP, mask_QxP)]
+        texts = [decode(t[m > 0]) for t, m in zip(rollout.tokens_BxN, rollout.mask_BxN)]
         groups = [texts[q * G:(q + 1) * G] for q in range(Q)]
         return np.asarray(self.diversity(prompts, groups, strategy_B.reshape(Q, G)), np.int32).reshape(-1)
 

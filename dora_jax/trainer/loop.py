@@ -91,15 +91,19 @@ class Trainer:
         self.param_shardings = sharding.tree_shardings(boxed, self.mesh, self.rules)
         # Through the host: a process can put only a host value (its own identical copy) onto a
         # mesh that spans other processes' devices.
-        self.frozen = {"ref": jax.device_put(jax.device_get(ref_params), self.param_shardings),
-                       "nora": jax.device_put(jax.device_get(nora_params), self.param_shardings)}
+        def on_mesh(params):
+            return jax.device_put(jax.device_get(params), self.param_shardings)
+
+        ref_on_mesh = on_mesh(ref_params)
+        # Without a nora_dir Nora is ref: the same buffers, not a second copy (neither is ever donated).
+        self.frozen = {"ref": ref_on_mesh, "nora": ref_on_mesh if nora_params is ref_params else on_mesh(nora_params)}
         self.tx = make_optimizer(config.optim, config.trainer.num_steps)
         abstract_state = jax.eval_shape(lambda p: init_state(p, self.tx, config.seed), boxed)
         self.state_shardings = sharding.tree_shardings(abstract_state, self.mesh, self.rules)
         if config.dora_init not in ("nora", "ref", "random"):
             raise ValueError(f"config.dora_init={config.dora_init!r}: use 'nora', 'ref' or 'random'.")
-        init_params = self.frozen.get(config.dora_init) or jax.device_put(
-            jax.device_get(models.init_params(self.model_config, jax.random.key(config.seed))), self.param_shardings)
+        init_params = self.frozen.get(config.dora_init) or on_mesh(
+            models.init_params(self.model_config, jax.random.key(config.seed)))
         # Dora starts as a copy (jnp.copy inside jit is a new buffer): the frozen tree must not
         # alias the donated train state.
         init = jax.jit(lambda p: init_state(jax.tree.map(jnp.copy, p), self.tx, config.seed),

@@ -1,4 +1,6 @@
-"""The math task: chat-template prompts from a real tokenizer, grading, length buckets, TFDS, bad inputs."""
+"""The math task: chat-template prompts from a real tokenizer, grading, resumable batches, TFDS, bad inputs.
+
+Length bucketing itself is tested in tests/data/batching_test.py."""
 
 import json
 
@@ -59,7 +61,7 @@ def test_score_grades_the_boxed_answer_up_to_the_stop_token(world):
     np.testing.assert_array_equal(strict.score(problems, think)[0], [1, 0])
 
 
-def test_batches_resume_mid_epoch_and_bucket_by_length(world):
+def test_batches_cover_an_epoch_and_resume_mid_epoch(world):
     task = MathTask(_cfg(world))
     batches = [[p["problem"] for p in task.problems("rl", n * 2, 2, seed=0)] for n in range(10)]
     assert sorted(sum(batches, [])) == sorted(r["problem"] for r in math_world.train_rows())  # one epoch

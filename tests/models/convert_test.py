@@ -1,6 +1,7 @@
 """HF <-> dora_jax checkpoint conversion through the `launch/convert.py` command line."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -22,7 +23,9 @@ def _run(*args):
 def test_hf_to_checkpoint_to_hf(tmp_path):
     src, ckpt, back = (str(tmp_path / n) for n in ("hf", "ckpt", "back"))
     model = hf_models.build("llama", src)
-    _run(f"--src={src}", f"--dst={ckpt}")
+    written = _run(f"--src={src}", f"--dst={ckpt}")
+    # Launchers hide the checkpoint library's INFO lines (absl format "I1123 19:06:59.77 ...") unless -v is given.
+    assert not re.search(r"^I\d{4} ", written.stderr, re.M), written.stderr[:2000]
     lm = checkpoint.load(ckpt)
     assert lm.config == hf.load(src).config
     _run(f"--src={ckpt}", f"--dst={back}")

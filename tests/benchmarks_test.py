@@ -1,0 +1,56 @@
+"""benchmarks/accelerator.py: its FLOPs and bytes formulas against real parameter trees, and one tiny CPU run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import accelerator  # noqa: E402
+
+from dora_jax.models import count_params, param_shapes  # noqa: E402
+
+
+@pytest.mark.parametrize("size", ["tiny", "0.5b", "1.5b"])
+def test_matmul_params_are_the_tree_less_embedding_lookup_biases_and_norms(size):
+    c = accelerator.model_config(size, "bfloat16")
+    shapes = param_shapes(c)
+    leaves = jax.tree_util.tree_leaves_with_path(shapes)
+    total = count_params(shapes)
+    elementwise = sum(int(np.prod(x.shape)) for path, x in leaves
+                      if any(k in jax.tree_util.keystr(path) for k in ("bias", "norm", "scale")))
+    # The embedding lookup is not a matmul; the output head is (tied: the same [V, D] table, counted once).
+    lookup = 0 if c.tie_word_embeddings else c.vocab_size * c.hidden_size
+    assert accelerator.matmul_params(c) == total - elementwise - lookup
+    if size != "tiny":  # Qwen2.5-0.5B / 1.5B: 0.49B / 1.54B parameters in all
+        assert total == pytest.approx({"0.5b": 494e6, "1.5b": 1544e6}[size], rel=0.01)
+
+
+def test_decode_bound_counts_weights_and_the_growing_cache():
+    c = accelerator.model_config("tiny", "bfloat16")
+    per_step_kv = 2 * c.num_layers * 4 * c.num_kv_heads * c.head_dim * 2  # k and v, bf16, batch 4, per position
+    weights = accelerator.matmul_params(c) * 2
+    # Steps 2 and 3 of 3 new tokens after a 10-token prompt read the cache up to positions 11 and 12.
+    assert accelerator.decode_bound_seconds(c, 4, 10, 3, 1e9) == pytest.approx(
+        (2 * weights + per_step_kv * (11 + 12)) / 1e9)
+
+
+def test_tiny_cpu_run_prints_and_writes_every_figure(tmp_path):
+    out = tmp_path / "acc.json"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/accelerator.py", "--size=tiny", "--dtype=float32", "--prompts=2", "--group=2",
+         "--prompt_len=8", "--response_len=8", "--decode_batch=2", "--new_tokens=4", "--runs=1",
+         "--peak_tflops=1", "--hbm_gbps=10", f"--json={out}"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (r,) = json.loads(out.read_text())
+    assert (r["update_batch"], r["update_length"], r["decode_batch"]) == (4, 16, 2)
+    flops = 5 * accelerator.forward_flops_per_token(accelerator.model_config("tiny", "float32"), 16) * 4 * 16
+    assert r["update_mfu"] == pytest.approx(flops / r["update_seconds"] / 1e12)
+    assert 0 < r["decode_roofline_fraction"] and r["decode_tok_s"] > 0
+    assert "MFU" in result.stdout and "HBM roofline" in result.stdout
