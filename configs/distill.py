@@ -31,7 +31,7 @@ def get_config(arg=None):
     # `:all_correct`, of a strategy Nora uses in under a quarter of her own samples (common's defaults).
     c.distill.rare_only = "all_correct" not in common.variants(arg)
     # Rehearsal: Nora's own correct samples join the corpus. Without them, the few rare-strategy
-    # samples (about 170 on the embedded task) are seen for 20+ epochs and Nora's pass@1 falls.
+    # samples (120 to 180 on the embedded task) are seen for 20 to 30+ epochs and Nora's pass@1 falls.
     c.distill.nora_replay = True
 
     # Optimizer: small steps, so Nora keeps what she knows while she learns the kept strategies.
