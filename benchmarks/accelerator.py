@@ -135,6 +135,9 @@ def decode_roofline(model_dir: str, args, hbm: float | None) -> dict:
                                                             max_new_tokens=new))
 
     decode_s = median_seconds(sample(n), args.runs) - median_seconds(sample(1), args.runs)
+    if decode_s <= 0:
+        raise SystemExit(f"decoding {n - 1} more tokens took no measurable time ({decode_s:.4f} s); "
+                         "raise --new_tokens or --runs.")
     bound = decode_bound_seconds(lm.config, B, P, n, hbm) if hbm else None
     return {"decode_batch": B, "decode_tok_s": B * (n - 1) / decode_s, "decode_step_ms": 1e3 * decode_s / (n - 1),
             "decode_roofline_fraction": bound / decode_s if bound else None}
@@ -163,7 +166,7 @@ def main():
         r = {"device": device_name(), "size": args.size, "dtype": args.dtype, "matmul_params": matmul_params(mc),
              "peak_tflops": peak_flops and peak_flops / 1e12, "hbm_gbps": hbm and hbm / 1e9,
              **update_mfu(model_dir, mc, args, peak_flops), **decode_roofline(model_dir, args, hbm)}
-    print(f"device: {r['device']}   model: random Qwen2.5-{args.size} shape ({r['matmul_params'] / 1e9:.2f}B matmul "
+    print(f"device: {r['device']}   model: random Qwen2 of shape '{args.size}' ({r['matmul_params'] / 1e9:.2f}B matmul "
           f"parameters), {args.dtype}")
     mfu = "n/a (pass --peak_tflops)" if r["update_mfu"] is None else f"{100 * r['update_mfu']:.1f}%"
     print(f"update, batch {r['update_batch']} x {r['update_length']}: {r['update_seconds']:.3f} s, "

@@ -44,7 +44,7 @@ def test_tiny_cpu_run_prints_and_writes_every_figure(tmp_path):
     out = tmp_path / "acc.json"
     result = subprocess.run(
         [sys.executable, "benchmarks/accelerator.py", "--size=tiny", "--dtype=float32", "--prompts=2", "--group=2",
-         "--prompt_len=8", "--response_len=8", "--decode_batch=2", "--new_tokens=4", "--runs=1",
+         "--prompt_len=8", "--response_len=8", "--decode_batch=2", "--new_tokens=64", "--runs=3",
          "--peak_tflops=1", "--hbm_gbps=10", f"--json={out}"],
         capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
