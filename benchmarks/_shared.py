@@ -12,7 +12,9 @@ import jax
 import torch
 import transformers
 
+from configs import common
 from dora_jax.models import hf
+from dora_jax.trainer import Trainer
 
 # Random Qwen2 shapes (transformers config fields): "tiny" is the CPU benchmarks' model; "0.5b" and
 # "1.5b" are Qwen2.5-0.5B's and -1.5B's (tied embeddings), for accelerators.
@@ -30,17 +32,38 @@ SPECIAL_IDS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
 HF_CONFIG = {**SIZES["tiny"], **SPECIAL_IDS}
 
 
-def random_qwen2(save_to: str | None = None, **overrides):
-    """(transformers model in eval mode, the same weights as a dora_jax LM); seeds fixed."""
+def random_qwen2(save_to: str | None = None, dtype: str = "float32", **overrides):
+    """(transformers model in eval mode, the same weights as a dora_jax LM stored and computed in `dtype`);
+    seeds fixed."""
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
     model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**{**HF_CONFIG, **overrides})).eval()
     if save_to is not None:
         model.save_pretrained(save_to)
-        return model, hf.load(save_to)
+        return model, hf.load(save_to, dtype)
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
-        return model, hf.load(tmp)
+        return model, hf.load(tmp, dtype)
+
+
+def single_device_trainer(model_dir: str, group_size: int, **model) -> Trainer:
+    """The `Trainer` of the default config with ref, Nora and Dora loaded from `model_dir`, on device 0;
+    `model` overrides config.model fields (dtype, remat, ...)."""
+    config = common.get_config()
+    config.ref_dir = config.nora_dir = model_dir
+    config.model.update(model)
+    config.objective.group_size = group_size
+    config.mesh.update(data=1, fsdp=1, tensor=1)
+    config.trainer.progress = False
+    return Trainer(config, tempfile.mkdtemp(), devices=jax.devices()[:1])
+
+
+def timed_update(trainer: Trainer, batch: dict):
+    """A no-argument function running one update of `trainer` on `batch` to completion."""
+    def update():
+        trainer.state, metrics = trainer.update(trainer.state, trainer.frozen, batch)
+        jax.block_until_ready(metrics)
+    return update
 
 
 def cpu_name() -> str:

@@ -35,17 +35,14 @@ import argparse
 import json
 import os
 import tempfile
-import time
 
 import jax
 import numpy as np
 
-from _shared import SIZES, device_name, hf_config
-from configs import common
+from _shared import SIZES, device_name, hf_config, median_seconds, single_device_trainer, timed_update
 from dora_jax import rollout
 from dora_jax.models import ModelConfig, hf
 from dora_jax.testing import random_batch
-from dora_jax.trainer import Trainer
 
 # device_kind prefix -> (dense bf16 TFLOP/s, HBM GB/s), vendor figures (SXM parts for NVIDIA).
 PEAKS = {"NVIDIA H200": (989.0, 4800.0), "NVIDIA H100 PCIe": (756.0, 2000.0), "NVIDIA H100": (989.0, 3350.0),
@@ -59,22 +56,14 @@ def model_config(size: str, dtype: str) -> ModelConfig:
     return ModelConfig.from_hf_dict(hf_config(size)).replace(dtype=dtype)
 
 
-def matmul_params(c: ModelConfig) -> int:
-    """N of the FLOPs formula: every weight a token multiplies (q/k/v/o, MLP, output head); biases and norms are
-    elementwise and the embedding is a lookup."""
-    attention = c.hidden_size * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
-    mlp = 3 * c.hidden_size * c.intermediate_size
-    return c.num_layers * (attention + mlp) + c.vocab_size * c.hidden_size
-
-
 def forward_flops_per_token(c: ModelConfig, T: int) -> float:
-    return 2 * matmul_params(c) + 4 * c.num_layers * c.num_heads * c.head_dim * T
+    return 2 * c.matmul_params() + 4 * c.num_layers * c.num_heads * c.head_dim * T
 
 
 def decode_bound_seconds(c: ModelConfig, batch: int, prompt_len: int, new_tokens: int, hbm_bytes_s: float) -> float:
     """Lower bound on the time of decode steps 2..n: weights and the KV cache so far read once per step."""
     b = np.dtype(jax.numpy.dtype(c.dtype)).itemsize
-    weights = matmul_params(c) * b
+    weights = c.matmul_params() * b
     kv_per_position = 2 * c.num_layers * batch * c.num_kv_heads * c.head_dim * b
     return sum(weights + kv_per_position * s for s in range(prompt_len + 1, prompt_len + new_tokens)) / hbm_bytes_s
 
@@ -88,32 +77,12 @@ def peaks(args) -> tuple[float | None, float | None]:
     return (tflops and tflops * 1e12), (gbps and gbps * 1e9)
 
 
-def median_seconds(fn, runs: int) -> float:
-    fn()  # compile
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def update_mfu(model_dir: str, mc: ModelConfig, args, peak_flops: float | None) -> dict:
-    config = common.get_config()
-    config.ref_dir = config.nora_dir = model_dir
-    config.model.update(dtype=args.dtype, remat=bool(args.remat), unroll_layers=False)
-    config.objective.group_size = args.group
-    config.mesh.update(data=1, fsdp=1, tensor=1)
-    config.trainer.progress = False
-    trainer = Trainer(config, tempfile.mkdtemp(), devices=jax.devices()[:1])
+    trainer = single_device_trainer(model_dir, args.group, dtype=args.dtype, remat=bool(args.remat),
+                                    unroll_layers=False)
     batch = random_batch(np.random.default_rng(0), vocab_size=mc.vocab_size, prompts=args.prompts,
                          group_size=args.group, prompt_len=args.prompt_len, response_len=args.response_len)
-
-    def step():
-        trainer.state, metrics = trainer.update(trainer.state, trainer.frozen, batch)
-        jax.block_until_ready(metrics)
-
-    seconds = median_seconds(step, args.runs)
+    (seconds,) = median_seconds([timed_update(trainer, batch)], args.runs)
     B, T = batch["tokens_BxT"].shape
     flops = 5 * forward_flops_per_token(mc, T) * B * T
     return {"update_batch": B, "update_length": T, "update_seconds": seconds, "update_tflops": flops / seconds / 1e12,
@@ -121,9 +90,7 @@ def update_mfu(model_dir: str, mc: ModelConfig, args, peak_flops: float | None) 
 
 
 def decode_roofline(model_dir: str, args, hbm: float | None) -> dict:
-    lm = hf.load(model_dir, dtype=args.dtype)
-    # Weights in the compute dtype, as a sampler process holds them.
-    params = jax.tree.map(lambda x: x.astype(args.dtype), lm.params)
+    lm = hf.load(model_dir, dtype=args.dtype)  # weights stored in the compute dtype, as a sampler holds them
     B, P, n = args.decode_batch, args.prompt_len, args.new_tokens
     rng = np.random.default_rng(0)
     prompt = jax.device_put(rng.integers(3, lm.config.vocab_size, (B, P)).astype(np.int32))
@@ -131,10 +98,11 @@ def decode_roofline(model_dir: str, args, hbm: float | None) -> dict:
     keys = jax.random.split(jax.random.key(0), B)
 
     def sample(new):
-        return lambda: jax.block_until_ready(rollout.sample(lm.config, (params,), prompt, mask, keys,
+        return lambda: jax.block_until_ready(rollout.sample(lm.config, (lm.params,), prompt, mask, keys,
                                                             max_new_tokens=new))
 
-    decode_s = median_seconds(sample(n), args.runs) - median_seconds(sample(1), args.runs)
+    t_n, t_1 = median_seconds([sample(n), sample(1)], args.runs)  # alternating, under the same load
+    decode_s = t_n - t_1
     if decode_s <= 0:
         raise SystemExit(f"decoding {n - 1} more tokens took no measurable time ({decode_s:.4f} s); "
                          "raise --new_tokens or --runs.")
@@ -163,7 +131,7 @@ def main():
     mc = model_config(args.size, args.dtype)
     with tempfile.TemporaryDirectory() as model_dir:
         hf.save_random(mc, model_dir)
-        r = {"device": device_name(), "size": args.size, "dtype": args.dtype, "matmul_params": matmul_params(mc),
+        r = {"device": device_name(), "size": args.size, "dtype": args.dtype, "matmul_params": mc.matmul_params(),
              "peak_tflops": peak_flops and peak_flops / 1e12, "hbm_gbps": hbm and hbm / 1e9,
              **update_mfu(model_dir, mc, args, peak_flops), **decode_roofline(model_dir, args, hbm)}
     print(f"device: {r['device']}   model: random Qwen2 of shape '{args.size}' ({r['matmul_params'] / 1e9:.2f}B matmul "

@@ -4,8 +4,9 @@
     python benchmarks/sampler.py --batch=4 --json=out.json
     python benchmarks/sampler.py --size=0.5b --dtype=bfloat16 --batch=64   # a GPU, with a CUDA build of torch
 
-Builds a random `transformers.Qwen2ForCausalLM` (4 layers, width 256, vocabulary 1024),
-saves it and loads the same weights with `dora_jax.models.hf.load`. Both sides sample
+Builds a random `transformers.Qwen2ForCausalLM` (by default 4 layers, width 256, vocabulary
+1024; `--size` picks another of `_shared.SIZES`), saves it and loads the same weights with
+`dora_jax.models.hf.load`, both sides in `--dtype`. Both sides sample
 `--new` tokens after a `--prompt`-token prompt at temperature 1 with no top-k / top-p and
 no stop ids (every row runs the full length). Reported: new tokens per second over the
 whole call (prefill included), median of `--runs` timed calls per side after one warm-up
@@ -15,7 +16,6 @@ call each; the two sides' timed calls alternate, so both see the same background
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 
 import jax
@@ -65,15 +65,13 @@ def main():
     parser.add_argument("--dtype", default="float32", help="both sides' weights and compute (bfloat16 on GPUs)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
-    model, lm = random_qwen2(**SIZES[args.size])
+    model, lm = random_qwen2(dtype=args.dtype, **SIZES[args.size])
     if jax.devices()[0].platform == "gpu":
         if not torch.cuda.is_available():
             raise SystemExit("JAX runs on a GPU but this torch has no CUDA: generate would run on the CPU. Install "
                              "a CUDA build of torch to compare on the GPU.")
         model = model.to("cuda")
     model = model.to(getattr(torch, args.dtype))
-    lm = dataclasses.replace(lm, config=lm.config.replace(dtype=args.dtype, param_dtype=args.dtype),
-                             params=jax.tree.map(lambda x: x.astype(args.dtype), lm.params))
     device = device_name()
     config = config_name(**SIZES[args.size]) + ("" if args.dtype == "float32" else f" {args.dtype}")
     results = []

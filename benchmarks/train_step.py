@@ -16,20 +16,19 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import subprocess
 import sys
 import tempfile
 
-import jax
 import numpy as np
 import torch
 
-from _shared import config_name, device_name, median_seconds, random_qwen2
+from _shared import config_name, device_name, median_seconds, random_qwen2, single_device_trainer, timed_update
 from configs import common
 from dora_jax.models import positions_from_mask
 from dora_jax.testing import random_batch
-from dora_jax.trainer import Trainer
 
 
 def torch_update(ref, nora, dora, opt, batch, hp):
@@ -62,31 +61,21 @@ def torch_update(ref, nora, dora, opt, batch, hp):
 
 def time_side(side: str, prompts: int, group: int, runs: int) -> tuple[float, int, int]:
     """(median seconds per update, B, T) of one side, "ours" or "pytorch", in this process."""
+    config = common.get_config()  # the objective and optimizer settings both sides use
+    config.objective.group_size = group
     with tempfile.TemporaryDirectory() as tmp:
         model, lm = random_qwen2(save_to=tmp)
-        config = common.get_config()
-        config.ref_dir = config.nora_dir = tmp
-        config.objective.group_size = group
-        config.mesh.update(data=1, fsdp=1, tensor=1)
-        config.trainer.progress = False
-        trainer = Trainer(config, tempfile.mkdtemp(), devices=jax.devices()[:1]) if side == "ours" else None
-    batch = random_batch(np.random.default_rng(0), vocab_size=lm.config.vocab_size, prompts=prompts,
-                         group_size=group, prompt_len=64, response_len=128)
-
-    def ours():
-        trainer.state, metrics = trainer.update(trainer.state, trainer.frozen, batch)
-        jax.block_until_ready(metrics)
-
+        batch = random_batch(np.random.default_rng(0), vocab_size=lm.config.vocab_size, prompts=prompts,
+                             group_size=group, prompt_len=64, response_len=128)
+        update = timed_update(single_device_trainer(tmp, group), batch) if side == "ours" else None
     if side == "pytorch":
         dora = copy.deepcopy(model).train()
         dora.config.use_cache = False
         opt = torch.optim.AdamW(dora.parameters(), lr=config.optim.lr, betas=(config.optim.b1, config.optim.b2),
                                 weight_decay=config.optim.weight_decay)
+        update = functools.partial(torch_update, model, model, dora, opt, batch, config.objective)
 
-    def theirs():
-        torch_update(model, model, dora, opt, batch, config.objective)
-
-    (seconds,) = median_seconds([ours if side == "ours" else theirs], runs)
+    (seconds,) = median_seconds([update], runs)
     return seconds, *batch["tokens_BxT"].shape
 
 

@@ -26,7 +26,7 @@ def test_matmul_params_are_the_tree_less_embedding_lookup_biases_and_norms(size)
                       if any(k in jax.tree_util.keystr(path) for k in ("bias", "norm", "scale")))
     # The embedding lookup is not a matmul; the output head is (tied: the same [V, D] table, counted once).
     lookup = 0 if c.tie_word_embeddings else c.vocab_size * c.hidden_size
-    assert accelerator.matmul_params(c) == total - elementwise - lookup
+    assert c.matmul_params() == total - elementwise - lookup
     if size != "tiny":  # Qwen2.5-0.5B / 1.5B: 0.49B / 1.54B parameters in all
         assert total == pytest.approx({"0.5b": 494e6, "1.5b": 1544e6}[size], rel=0.01)
 
@@ -34,7 +34,7 @@ def test_matmul_params_are_the_tree_less_embedding_lookup_biases_and_norms(size)
 def test_decode_bound_counts_weights_and_the_growing_cache():
     c = accelerator.model_config("tiny", "bfloat16")
     per_step_kv = 2 * c.num_layers * 4 * c.num_kv_heads * c.head_dim * 2  # k and v, bf16, batch 4, per position
-    weights = accelerator.matmul_params(c) * 2
+    weights = c.matmul_params() * 2
     # Steps 2 and 3 of 3 new tokens after a 10-token prompt read the cache up to positions 11 and 12.
     assert accelerator.decode_bound_seconds(c, 4, 10, 3, 1e9) == pytest.approx(
         (2 * weights + per_step_kv * (11 + 12)) / 1e9)

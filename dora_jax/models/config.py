@@ -173,11 +173,16 @@ class ModelConfig:
     # ------------------------------------------------------------------ sizes
     def num_params(self) -> int:
         """Parameter count from the shapes alone (embeddings counted once when tied)."""
+        d, h, k, dh = self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim
+        per_layer = ((h + 2 * k) * dh if self.qkv_bias else 0) + 2 * d  # q/k/v biases, two norms
+        lookup = 0 if self.tie_word_embeddings else self.vocab_size * d  # an untied input embedding
+        return self.matmul_params() + self.num_layers * per_layer + d + lookup
+
+    def matmul_params(self) -> int:
+        """The weights a token is multiplied by: q/k/v/o, the MLP and the output head (N of the 2N FLOPs per
+        token); biases and norms are elementwise and the input embedding is a lookup."""
         d, f, h, k, dh = self.hidden_size, self.intermediate_size, self.num_heads, self.num_kv_heads, self.head_dim
-        attn = d * h * dh * 2 + d * k * dh * 2 + ((h + 2 * k) * dh if self.qkv_bias else 0)
-        per_layer = attn + 3 * d * f + 2 * d
-        embed = self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
-        return self.num_layers * per_layer + d + embed
+        return self.num_layers * (2 * d * h * dh + 2 * d * k * dh + 3 * d * f) + self.vocab_size * d
 
 
 def rope_frequencies(config: ModelConfig) -> tuple[np.ndarray, float]:

@@ -119,6 +119,7 @@ def make_update(model_config: ModelConfig, objective_cfg, tx: optax.GradientTran
 # they are turned off for this one compilation only. jaxlib < 0.10.2 does not know them.
 CPU_UPDATE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "",
                       "xla_cpu_experimental_xnn_graph_fusion_mode": "XNN_GRAPH_FUSION_MODE_DISABLED"}
+CPU_UPDATE_OPTIONS_KNOWN = jaxlib.version.__version_info__[:3] >= (0, 10, 2)
 
 
 def jit_update(update, state_shardings, frozen_shardings, batch_shardings, metrics_sharding=None):
@@ -127,7 +128,7 @@ def jit_update(update, state_shardings, frozen_shardings, batch_shardings, metri
     A replicated `metrics_sharding` lets every process of a multi-process run read the metrics.
     """
     platform = next(iter(jax.tree.leaves(state_shardings)[0].device_set)).platform
-    cpu = platform == "cpu" and jaxlib.version.__version_info__[:3] >= (0, 10, 2)
+    cpu = platform == "cpu" and CPU_UPDATE_OPTIONS_KNOWN
     return jax.jit(update, in_shardings=(state_shardings, frozen_shardings, batch_shardings),
                    out_shardings=(state_shardings, metrics_sharding), donate_argnums=(0,),
                    compiler_options=CPU_UPDATE_OPTIONS if cpu else None)

@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec as P
 from configs import common
 from dora_jax.testing import RandomRollouts
 from dora_jax.trainer import NonFiniteError, Trainer
+from dora_jax.trainer.step import CPU_UPDATE_OPTIONS_KNOWN
 
 SHAPE = dict(vocab_size=64, prompts=4, group_size=4, prompt_len=6, response_len=8)
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
@@ -159,8 +160,7 @@ def test_truncate_drops_lines_after_the_checkpoint_and_a_cut_off_last_line(tmp_p
     assert path.read_text() == ""
 
 
-@pytest.mark.skipif(tuple(int(x) for x in jax.__version__.split(".")[:3]) < (0, 10, 2),
-                    reason="this jaxlib does not know the CPU dot options")
+@pytest.mark.skipif(not CPU_UPDATE_OPTIONS_KNOWN, reason="this jaxlib does not know the CPU dot options")
 def test_cpu_update_turns_off_dot_library_fusions(tmp_path):
     """The update turns off XLA's YNNPACK dot fusions for itself only (step.CPU_UPDATE_OPTIONS)."""
     trainer = Trainer(smoke_config(), str(tmp_path), devices=jax.devices()[:1])

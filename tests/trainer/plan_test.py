@@ -138,8 +138,9 @@ def test_launcher_prints_the_table_and_fails_when_it_does_not_fit():
     assert tight.returncode != 0 and "does not fit" in tight.stderr and "total (peak)" in tight.stdout
 
 
-def test_planner_scores_the_trees_the_update_scores():
-    """One decision (step.scored_trees) for both: Poly-EPO logs KL to Nora, so Nora is scored too."""
+def test_scored_trees_per_method():
+    """step.scored_trees, which the update and the planner both call: Poly-EPO logs KL to Nora, so Nora is
+    scored too."""
     from configs import indicator, nora_grpo, polyepo
     from dora_jax.trainer.step import scored_trees
 
