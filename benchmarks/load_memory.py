@@ -1,7 +1,7 @@
 """Peak host memory of `hf.load` relative to the checkpoint's size on disk.
 
     python benchmarks/load_memory.py                 # Qwen2.5-1.5B-sized random bf16 checkpoint (~3.1 GB)
-    python benchmarks/load_memory.py --size=tiny     # the CPU benchmarks' model, a few MB, seconds
+    python benchmarks/load_memory.py --size=tiny     # ~60 MB, seconds
 
 Writes a random checkpoint of the given shape (one tensor in memory at a time), then loads
 it in a fresh subprocess and reports the peak resident-set growth during `hf.load`
@@ -17,8 +17,12 @@ import subprocess
 import sys
 import tempfile
 
-from _shared import SIZES, hf_config
-from dora_jax.models import ModelConfig, hf
+SIZES = {
+    "1.5B": dict(vocab_size=151_936, hidden_size=1536, intermediate_size=8960, num_layers=28, num_heads=12,
+                 num_kv_heads=2, head_dim=128, qkv_bias=True, tie_word_embeddings=True),
+    "tiny": dict(vocab_size=32_000, hidden_size=512, intermediate_size=1408, num_layers=4, num_heads=8,
+                 num_kv_heads=2, head_dim=64, qkv_bias=True, tie_word_embeddings=False),
+}
 
 _CHILD = r"""
 import json, sys
@@ -47,11 +51,12 @@ def measure(model_dir: str, dtype: str) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=sorted(SIZES), default="1.5b", help="random Qwen2 shape (_shared.SIZES)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="1.5B")
     parser.add_argument("--dtype", default="bfloat16", help="checkpoint and load dtype")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
-    config = ModelConfig.from_hf_dict(hf_config(args.size), dtype=args.dtype)
+    from dora_jax.models import ModelConfig, hf
+    config = ModelConfig(**SIZES[args.size], param_dtype=args.dtype, dtype=args.dtype)
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_random(config, tmp, max_shard_bytes=2 << 30)
         stats = measure(tmp, args.dtype)
