@@ -6,7 +6,7 @@ Each field has a one-line comment with its meaning and units. Configs return an
 
 import ml_collections
 
-from dora_jax.rewards import diversity
+from dora_jax.tasks import diversity
 
 
 def variants(arg) -> set[str]:
@@ -25,7 +25,7 @@ def get_config(arg=None):
     c.seed = 0  # seeds parameter init, data order and sampling
     c.name = "dora"  # the policy this config trains: "ref" | "nora" | "dora" (labels reports and the cache)
 
-    # Task: the embedded Countdown world (SPEC §7), generated from its seed, nothing downloaded.
+    # Task: the embedded Countdown world (docs/design.md §7), generated from its seed, nothing downloaded.
     c.task = ml_collections.ConfigDict()
     c.task.name = "countdown"
     c.task.seed = 0  # problem generation and the disjoint SFT / RL / held-out split
@@ -74,7 +74,7 @@ def get_config(arg=None):
     c.objective.diversity_bonus = 0.5  # lambda of the grpo_diversity advantage (novel correct strategies)
     c.objective.log_kl_nora = False  # score Nora for kl/dora_nora_* even when the loss does not read her
 
-    # Diversity: strategy cluster ids for set advantages (dora_jax.rewards.diversity).
+    # Diversity: strategy cluster ids for set advantages (dora_jax.tasks.diversity).
     c.diversity = diversity.default_config()
 
     # Optimizer
@@ -147,7 +147,7 @@ def get_config(arg=None):
     c.distill.rare_share = 0.25  # "rarely": in fewer than this share of Nora's own samples on the problem
     c.distill.nora_replay = False  # also keep Nora's own correct samples (rehearsal of what she solves)
 
-    # Distributed: devices the inline sampler owns (dora_jax.trainer.sharding.split_devices).
+    # Distributed: devices the inline sampler owns (dora_jax.sharding.split_devices).
     c.rollout.sampler_devices = 0  # devices set aside for sampling, in total over processes (0 = share the learner's)
     c.rollout.sampler_tensor = 1  # tensor-parallel width of the sampler's mesh; its other devices split the rows
 
@@ -172,7 +172,7 @@ def finish(c: ml_collections.ConfigDict, arg=None) -> ml_collections.ConfigDict:
 
 
 def real_math(c: ml_collections.ConfigDict) -> None:
-    """The `:math` variant (SPEC §7): DeepScaleR-format training file, AIME-format eval file, a local HF model.
+    """The `:math` variant (docs/design.md §7): DeepScaleR-format training file, AIME-format eval file, a local HF model.
 
     Set the paths: --config.ref_dir=R1_DISTILL_DIR --config.nora_dir=NORA_DIR
     --config.task.train_data=deepscaler.jsonl --config.task.eval_data=aime2025.jsonl.

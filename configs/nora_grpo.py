@@ -5,7 +5,7 @@
 GRPO raises pass@1 and collapses each problem's strategy distribution (pass@8 falls on
 problems only rare strategies solve). `configs/indicator.py` builds and caches it when missing.
 
-`:math` trains Nora from a local reasoning model on DeepScaleR-format data (SPEC §7):
+`:math` trains Nora from a local reasoning model on DeepScaleR-format data (docs/design.md §7):
 
     python launch/train.py --config=configs/nora_grpo.py:math --config.ref_dir=R1_DISTILL_1P5B_DIR \
         --config.task.train_data=deepscaler.jsonl --config.task.eval_data=aime2025.jsonl

@@ -5,7 +5,7 @@
 Each trains a policy from pi_ref exactly as Nora is trained (configs/nora_grpo.py: same steps,
 learning rate, sampler, scorer and trainer), changing only the advantage:
 - `poly_epo` (default): the marginal set advantage of f(S) = mean reward of S x distinct strategies
-  in S / n over all C(8, 4) subsets S of a group (SPEC §3), strategies from config.diversity.
+  in S / n over all C(8, 4) subsets S of a group (docs/design.md §3), strategies from config.diversity.
 - `:pass_at_k`: the same machinery with f(S) = max reward in S.
 - `:grpo_diversity`: GRPO on r_i + 0.5 r_i / m_i (m_i: the group's correct samples with i's strategy).
 Ref and Nora are built or reused from the cache; the report compares the policy with both.
@@ -27,6 +27,6 @@ def get_config(arg=None):
     c.objective.advantage = "poly_epo" if c.name == "polyepo" else c.name
     c.objective.log_kl_nora = True  # report KL to Nora although the loss does not read her
 
-    # Diversity: Countdown's own strategy labels (the operator template); see dora_jax.rewards.diversity.
+    # Diversity: Countdown's own strategy labels (the operator template); see dora_jax.tasks.diversity.
     c.diversity.name = "task_labels"
     return c

@@ -1,4 +1,4 @@
-"""Objectives: loss aggregation, the GRPO and Dora losses, and advantage transforms (SPEC §3).
+"""Objectives: loss aggregation, the GRPO and Dora losses, and advantage transforms (docs/design.md §3).
 
 Everything is a pure, jit-able function of float32 arrays, selected by name from a registry:
 
@@ -29,7 +29,7 @@ import numpy as np
 # sum of e^60 over 1e12 tokens (the psi_mean metric) is still finite, so the trainer's
 # NaN/Inf guard never trips on tiny beta (the paper's beta = 0.01 gives A / beta ~ 250).
 _MAX_LOG_PSI = 60.0
-# Bound on log rho (SPEC §3): a stale token can never produce an inf ratio.
+# Bound on log rho (docs/design.md §3): a stale token can never produce an inf ratio.
 _MAX_LOG_RATIO = 20.0
 
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
@@ -89,7 +89,7 @@ def denoms_of(mask_BxT: jax.Array) -> Denoms:
 
 
 def agg(x_BxT: jax.Array, mask_BxT: jax.Array, mode: str, denoms: Denoms) -> jax.Array:
-    """Aggregates masked per-token values to a scalar (SPEC §2).
+    """Aggregates masked per-token values to a scalar (docs/design.md §2).
 
     token-mean:              sum_{i,t} m x / tokens
     seq-mean-token-mean:     sum_i [sum_t m x / max(sum_t m, 1)] / seqs
@@ -132,7 +132,7 @@ def _per_token(adv: jax.Array, like_BxT: jax.Array) -> jax.Array:
 
 
 def _ratio(logp_BxT: jax.Array, logp_old_BxT: jax.Array) -> jax.Array:
-    """rho_t = exp(clip(lD_t - lOld_t, -20, 20)) (SPEC §3)."""
+    """rho_t = exp(clip(lD_t - lOld_t, -20, 20)) (docs/design.md §3)."""
     return jnp.exp(jnp.clip(logp_BxT - logp_old_BxT, -_MAX_LOG_RATIO, _MAX_LOG_RATIO))
 
 
@@ -156,7 +156,7 @@ def _k3(logp_BxT: jax.Array, logp_ref_BxT: jax.Array, mask_BxT: jax.Array) -> ja
 
 
 def psi(adv_BxT_or_B: jax.Array, logp_ref_BxT: jax.Array, hp: Any, form: str | None = None) -> jax.Array:
-    """The oracle advantage weight psi_t [B, T] (SPEC §3), `form` defaulting to hp.psi_form:
+    """The oracle advantage weight psi_t [B, T] (docs/design.md §3), `form` defaulting to hp.psi_form:
 
     exp_adv      (paper, Formulation 2): psi = exp(A / beta)
     ref_weighted (released code):        psi = exp(lR_t + tau A - log beta) = pi_ref e^{tau A} / beta
@@ -211,7 +211,7 @@ def sft_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
 @register_loss("grpo", uses=())
 def grpo_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
               denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """GRPO / PPO-clip (SPEC §3, trains Nora from ref):
+    """GRPO / PPO-clip (docs/design.md §3, trains Nora from ref):
 
     loss = -agg(min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A)) + beta_kl agg(k3).
     At rho = 1 the gradient is -agg(A grad lD) + beta_kl agg(grad k3). beta_kl defaults to 0.001.
@@ -232,7 +232,7 @@ def grpo_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
 @register_loss("dora_clipped")
 def dora_clipped_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
                       denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Dora, paper Formulation 1 (clipped log-ratio), as a score-function gradient (SPEC §3):
+    """Dora, paper Formulation 1 (clipped log-ratio), as a score-function gradient (docs/design.md §3):
 
     c_t = sg(min(max(lR_t - lN_t, -delta), u_t)), u_t = lR_t + A / beta (the upper bound wins if u < -delta);
     credit="return" replaces c_t by sum_{t' >= t, masked in} c_t';
@@ -269,7 +269,7 @@ def dora_clipped_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
 @register_loss("dora_indicator")
 def dora_indicator_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
                         denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Dora, paper Formulation 2 (the default), S = E[1(lR - lN > 0) lD C(psi (lR - lN), delta)] (SPEC §3):
+    """Dora, paper Formulation 2 (the default), S = E[1(lR - lN > 0) lD C(psi (lR - lN), delta)] (docs/design.md §3):
 
     w_t = sg(1(lR_t - lN_t > 0) clip(psi_t (lR_t - lN_t), -delta, delta));
     loss = -agg(w min(rho, clip(rho, 1 - eps_low, 1 + eps_high))), so at rho = 1 the gradient is -agg(w grad lD).
@@ -297,7 +297,7 @@ def dora_indicator_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: An
 @register_loss("dora_contrastive")
 def dora_contrastive_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
                           denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Dora, the authors' released contrastive variant (SPEC §3):
+    """Dora, the authors' released contrastive variant (docs/design.md §3):
 
     loss = -agg(psi_t (lD_t + sg(lR_t - lN_t))), psi_form defaulting to "ref_weighted" for this loss;
     on-policy by construction (no ratio), gradient -agg(psi grad lD).
@@ -352,7 +352,7 @@ def _subsets(N: int, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def set_advantages(f: Callable[[jax.Array, jax.Array | None, int], jax.Array], rewards_PxN: jax.Array,
                    clusters_PxN: jax.Array | None, n: int) -> jax.Array:
-    """Marginal set advantages (Polychromic Objectives / Poly-EPO, SPEC §3):
+    """Marginal set advantages (Polychromic Objectives / Poly-EPO, docs/design.md §3):
 
     fbar = mean_S f(S) over all C(N, n) subsets S; A_i = mean_{S containing i} (f(S) - fbar).
     `f([P, C, n] rewards, [P, C, n] clusters or None, n) -> [P, C]` scores all subsets at once.

@@ -1,4 +1,4 @@
-"""One config, end to end: build missing policies, train, evaluate, report (SPEC §9).
+"""One config, end to end: build missing policies, train, evaluate, report (docs/design.md §9).
 
     summary = pipeline.run(config, workdir)
 
@@ -17,17 +17,18 @@ import os
 import shutil
 import time
 
+from absl import flags, logging
+
 from dora_jax import distributed
-from dora_jax.data.distill import distill_corpus
-from dora_jax.data.sft import SFTBatches
-from dora_jax.data.tasks import TASKS, make_task
+from dora_jax.rollout.sft import distill_corpus
+from dora_jax.rollout.sft import SFTBatches
+from dora_jax.tasks import TASKS, make_task
 from dora_jax.eval import plots, report
 from dora_jax.eval.evaluate import Evaluator, summarize
 from dora_jax.models import checkpoint
 from dora_jax.rollout.process import ProcessRollouts
 from dora_jax.rollout.source import InlineRollouts
 from dora_jax.trainer import Trainer
-from dora_jax.trainer.loop import load_policy
 
 POLICY_DIR = "policy"  # the trained policy, exported as a model checkpoint inside the workdir
 
@@ -70,7 +71,7 @@ def run(config, workdir: str) -> dict:
                          "empty on the embedded task to build them.")
     P, N = task.prompt_len, config.rollout.max_new_tokens
     evaluator = Evaluator(task, trainer.model_config, config)
-    dora = load_policy(config.dora_dir, config).params if config.dora_dir else None  # distillation's teacher
+    dora = checkpoint.load_policy(config.dora_dir, config.model).params if config.dora_dir else None  # distillation's teacher
     if config.objective.loss == "sft":
         corpus = (distill_corpus(evaluator, task.splits["rl"], dora, trainer.frozen["nora"], config.distill, config.seed)
                   if dora is not None else task.sft_examples(config.seed))
@@ -108,6 +109,13 @@ def run(config, workdir: str) -> dict:
     text = report.write_report(workdir, config, summary)
     print(text)
     return summary
+
+
+def quiet_info_logs() -> None:
+    """For launchers: absl logs from WARNING up unless `-v/--verbosity` was given. Orbax logs every
+    checkpoint save at INFO, hundreds of lines between the progress bars."""
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
 
 
 def build_policy(build_config, cache_dir: str) -> tuple[str, bool]:
@@ -166,7 +174,7 @@ def evaluate_policies(config, policy_dirs: dict[str, str], out_dir: str) -> dict
     """
     config = copy.deepcopy(config)
     task = make_task(_with_tokenizer_dir(config.task, config.ref_dir or next(iter(policy_dirs.values()))))
-    loaded = {name: load_policy(path, config) for name, path in policy_dirs.items()}
+    loaded = {name: checkpoint.load_policy(path, config.model) for name, path in policy_dirs.items()}
     model_config = next(iter(loaded.values())).config
     evaluator = Evaluator(task, model_config, config)
     summary = summarize(evaluator.final({n: lm.params for n, lm in loaded.items()}), task, evaluator.rare_only)

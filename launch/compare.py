@@ -11,7 +11,6 @@ each run's own workdir under WORKDIR/seed=S/.
 from absl import app, flags
 
 from dora_jax import pipeline
-from dora_jax.models import checkpoint
 
 METHODS = ["configs/indicator.py", "configs/clipped.py", "configs/polyepo.py", "configs/polyepo.py:pass_at_k",
            "configs/polyepo.py:grpo_diversity"]
@@ -24,7 +23,7 @@ _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny configs (seconds per run), for 
 
 def main(argv):
     del argv
-    checkpoint.quiet_info_logs()
+    pipeline.quiet_info_logs()
     specs = [s + (",smoke" if ":" in s else ":smoke") if _SMOKE.value else s for s in _CONFIGS.value]
     pipeline.compare(specs, [int(s) for s in _SEEDS.value], _WORKDIR.value, {"eval.samples": _EVAL_SAMPLES.value})
 

@@ -9,7 +9,8 @@ one with `model_config.json` is a dora_jax checkpoint.
 
 from absl import app, flags
 
-from dora_jax.models import checkpoint, convert
+from dora_jax import pipeline
+from dora_jax.models import convert
 
 _SRC = flags.DEFINE_string("src", None, "source directory (HF model dir or dora_jax checkpoint)", required=True)
 _DST = flags.DEFINE_string("dst", None, "destination directory", required=True)
@@ -18,7 +19,7 @@ _DTYPE = flags.DEFINE_string("dtype", None, "parameter dtype to write (default: 
 
 def main(argv):
     del argv
-    checkpoint.quiet_info_logs()
+    pipeline.quiet_info_logs()
     print(convert.convert(_SRC.value, _DST.value, _DTYPE.value))
 
 

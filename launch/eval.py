@@ -17,7 +17,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from dora_jax import pipeline
-from dora_jax.models import checkpoint
 from dora_jax.eval import report
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config giving the task and sampling settings.")
@@ -28,7 +27,7 @@ flags.mark_flags_as_required(["config", "policy"])
 
 def main(argv):
     del argv
-    checkpoint.quiet_info_logs()
+    pipeline.quiet_info_logs()
     policies = {}
     for spec in _POLICY.value:
         name, sep, path = spec.partition("=")

@@ -1,7 +1,7 @@
 """Per-device memory plan of a config, without devices: `python launch/plan.py --config=configs/indicator.py \\
     --mesh=data=1,fsdp=8,tensor=1 --device_memory_gb=80 [--prompt_len=N] [--config.x=y ...]`.
 
-Prints a table of GiB per device per item (see `dora_jax.trainer.plan`) and exits non-zero
+Prints a table of GiB per device per item (see `dora_jax.plan`) and exits non-zero
 with what to change when the peak exceeds the device memory. Runs in seconds on a CPU.
 """
 
@@ -10,7 +10,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from dora_jax.trainer import plan
+from dora_jax import plan
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/indicator.py[:variant].",
                                           lock_config=True)

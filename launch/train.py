@@ -24,7 +24,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from dora_jax import distributed, pipeline
-from dora_jax.models import checkpoint
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/indicator.py[:variant].",
                                           lock_config=True)
@@ -45,7 +44,7 @@ def default_workdir(config_arg: str) -> str:
 
 def main(argv):
     del argv
-    checkpoint.quiet_info_logs()
+    pipeline.quiet_info_logs()
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                            heartbeat_timeout_s=_HEARTBEAT.value)
     pipeline.run(_CONFIG.value, _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename))

@@ -13,7 +13,7 @@ import pytest
 
 from configs import clipped, distill, indicator, nora_grpo, polyepo
 from dora_jax import objectives, pipeline
-from dora_jax.data import countdown
+from dora_jax.tasks.countdown import problems as countdown
 from tests import math_world
 
 

@@ -1,4 +1,4 @@
-"""Sampling-based evaluation of policies and mixtures on held-out problems (SPEC §8).
+"""Sampling-based evaluation of policies and mixtures on held-out problems (docs/design.md §8).
 
     evaluator = Evaluator(task, model_config, config)
     evaluator.quick(params, step)                  # {"eval/accuracy": ..., ...}, a few seconds

@@ -1,4 +1,4 @@
-"""Unbiased pass@k, mixed pass@k of two policies, and per-problem strategy diversity (SPEC §8).
+"""Unbiased pass@k, mixed pass@k of two policies, and per-problem strategy diversity (docs/design.md §8).
 
     pass_at_k(n_P, c_P, k)                              # [P]: n samples per problem, c correct
     mixed_pass_at_k(n_a, c_a, k_a, n_b, c_b, k_b)       # k_a samples of policy A plus k_b of policy B
@@ -54,7 +54,7 @@ def _counted_PxG(strategies_PxG: ArrayLike, rewards_PxG: ArrayLike | None) -> tu
     strategies_PxG = np.asarray(strategies_PxG)
     if strategies_PxG.ndim != 2:
         raise ValueError(f"strategies must be [P, G], got shape {strategies_PxG.shape}")
-    # Strategy -1 is "no recognised strategy" (SPEC §3, degenerate responses): never counted.
+    # Strategy -1 is "no recognised strategy" (docs/design.md §3, degenerate responses): never counted.
     counted_PxG = strategies_PxG >= 0
     if rewards_PxG is not None:
         rewards_PxG = np.asarray(rewards_PxG)

@@ -16,19 +16,11 @@ import jax
 import orbax.checkpoint as ocp
 
 from dora_jax import distributed
+from dora_jax.models import hf
 from dora_jax.models.config import ModelConfig
 from dora_jax.models.lm import LM, Params, param_shapes
 
 CONFIG_FILE = "model_config.json"
-
-
-def quiet_info_logs() -> None:
-    """For launchers: absl logs from WARNING up unless `-v/--verbosity` was given. Orbax logs every
-    checkpoint save at INFO, hundreds of lines between the progress bars."""
-    from absl import flags, logging
-
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
 
 
 def save(out_dir: str, config: ModelConfig, params: Params) -> None:
@@ -61,3 +53,10 @@ def load(ckpt_dir: str, shardings=None) -> LM:
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(os.path.join(ckpt_dir, "params"), target)
     return LM(config=config, params=params)
+
+
+def load_policy(path: str, model) -> LM:
+    """A dora_jax checkpoint or HF directory, with the compute dtype and layer options of `model` (config.model)."""
+    lm = load(path) if is_checkpoint(path) else hf.load(path, dtype=model.param_dtype)
+    lm.config = lm.config.replace(dtype=model.dtype, remat=model.remat, unroll_layers=model.unroll_layers)
+    return lm

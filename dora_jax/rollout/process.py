@@ -19,6 +19,7 @@ with its traceback or exit signal within about a second; nothing hangs.
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing as mp
 import os
@@ -29,10 +30,12 @@ import traceback
 from multiprocessing import shared_memory
 
 import jax
+import ml_collections
 import numpy as np
 
-from dora_jax.models import ModelConfig, param_shapes
+from dora_jax.models import ModelConfig, checkpoint, param_shapes
 from dora_jax.rollout.source import HostSide, RolloutMaker
+from dora_jax.tasks import make_task
 
 _POLL_S = 0.5  # how often a blocked side checks that the other is alive
 
@@ -64,12 +67,6 @@ class _Layout:
 def _sampler_main(config_json: str, model_config_json: str, shm_name: str, locks, versions, batches, start: int,
                   parent: int):
     """The sampler process: wait for fresh enough params, make batch n, put it on the queue, repeat."""
-    import json
-
-    import ml_collections
-
-    from dora_jax.data.tasks import make_task
-
     shm = None
     try:
         config = ml_collections.ConfigDict(json.loads(config_json))
@@ -78,9 +75,7 @@ def _sampler_main(config_json: str, model_config_json: str, shm_name: str, locks
         shm = shared_memory.SharedMemory(name=shm_name)
         nora = None
         if config.rollout.get("handover_window", 0):  # handover samples with Nora too: load her here
-            from dora_jax.trainer.loop import load_policy
-
-            nora = jax.device_put(load_policy(config.nora_dir, config).params)
+            nora = jax.device_put(checkpoint.load_policy(config.nora_dir, config.model).params)
         maker = RolloutMaker(make_task(config.task), model_config, config, nora_params=nora)
         newest, params, loaded = -1, None, -1
         position = start

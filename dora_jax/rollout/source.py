@@ -25,9 +25,9 @@ from jax.sharding import PartitionSpec as P
 
 from dora_jax import distributed
 from dora_jax.models.lm import boxed_shapes
-from dora_jax.rewards.diversity import make_diversity
+from dora_jax.tasks.diversity import make_diversity
 from dora_jax.rollout.sampler import Rollout, sample
-from dora_jax.trainer import sharding
+from dora_jax import sharding
 
 VALIDITY_WARNING = 0.8  # warn once when fewer rollouts than this are well-formed (a drifting policy)
 

@@ -1,8 +1,8 @@
 """Sharded trainer for Dora (and GRPO/Poly-EPO policies): state, update step, loop."""
 
-from dora_jax.trainer.loop import BatchSource, NonFiniteError, Trainer, load_policy, model_config_from
+from dora_jax.trainer.loop import BatchSource, NonFiniteError, Trainer
 from dora_jax.trainer.state import TrainState, init_state, make_optimizer
 from dora_jax.trainer.step import BATCH_KEYS, jit_update, make_update
 
 __all__ = ["BATCH_KEYS", "BatchSource", "NonFiniteError", "TrainState", "Trainer", "init_state", "jit_update",
-           "load_policy", "make_optimizer", "make_update", "model_config_from"]
+           "make_optimizer", "make_update"]

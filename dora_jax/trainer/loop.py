@@ -28,9 +28,8 @@ import orbax.checkpoint as ocp
 import tqdm
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dora_jax import distributed, models
-from dora_jax.models import ModelConfig, checkpoint, hf
-from dora_jax.trainer import sharding
+from dora_jax import distributed, models, sharding
+from dora_jax.models import ModelConfig, checkpoint
 from dora_jax.trainer.state import TrainState, init_state, make_optimizer
 from dora_jax.trainer.step import BATCH_KEYS, jit_update, make_update
 
@@ -47,23 +46,6 @@ class NonFiniteError(FloatingPointError):
     """A metric became NaN/Inf; training stopped without saving the bad state."""
 
 
-def model_config_from(config) -> ModelConfig:
-    m = config.model
-    return ModelConfig(vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
-                       num_layers=m.num_layers, num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
-                       head_dim=m.head_dim, qkv_bias=m.qkv_bias, tie_word_embeddings=m.tie_word_embeddings,
-                       dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
-                       unroll_layers=m.unroll_layers)
-
-
-def load_policy(path: str, config) -> models.LM:
-    """A dora_jax checkpoint or HF directory, with the config's compute dtype and remat."""
-    lm = checkpoint.load(path) if checkpoint.is_checkpoint(path) else hf.load(path, dtype=config.model.param_dtype)
-    lm.config = lm.config.replace(dtype=config.model.dtype, remat=config.model.remat,
-                                  unroll_layers=config.model.unroll_layers)
-    return lm
-
-
 class Trainer:
     """Holds ref and Nora (frozen) and Dora's train state, all laid out on one mesh."""
 
@@ -78,12 +60,12 @@ class Trainer:
         self.rules = tuple(tuple(r) for r in config.mesh.rules)
 
         if config.ref_dir:
-            ref = load_policy(config.ref_dir, config)
-            nora = load_policy(config.nora_dir, config) if config.nora_dir else ref
+            ref = checkpoint.load_policy(config.ref_dir, config.model)
+            nora = checkpoint.load_policy(config.nora_dir, config.model) if config.nora_dir else ref
             self.model_config = ref.config
             ref_params, nora_params = ref.params, nora.params
         else:  # random trees: tests and benchmarks
-            self.model_config = model_config_from(config)
+            self.model_config = ModelConfig(**config.model)
             ref_params = models.init_params(self.model_config, jax.random.key(config.seed + 1))
             nora_params = models.init_params(self.model_config, jax.random.key(config.seed + 2))
 

@@ -24,7 +24,7 @@ from dora_jax.models import ModelConfig
 from dora_jax.trainer.state import TrainState
 
 BATCH_KEYS = ("tokens_BxT", "mask_BxT", "response_mask_BxT", "logp_old_BxT", "rewards_B", "clusters_B")
-# Objective metric -> the stable metrics.jsonl name of SPEC §9.
+# Objective metric -> the stable metrics.jsonl name of docs/design.md §9.
 _STABLE_NAMES = {"psi_mean": "psi/mean", "indicator_frac": "indicator/frac"}
 
 

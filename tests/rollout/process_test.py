@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 
 from configs import common
-from dora_jax.data.tasks import make_task
+from dora_jax.tasks import make_task
 from dora_jax.rollout.process import ProcessRollouts, SamplerDiedError
 from dora_jax.rollout.source import InlineRollouts
-from dora_jax.models import param_shapes
+from dora_jax.models import ModelConfig, param_shapes
 from dora_jax.trainer import Trainer
-from dora_jax.trainer.loop import model_config_from
 
 
 def _config(**trainer):
@@ -93,7 +92,7 @@ def test_killed_sampler_fails_fast_and_keeps_the_checkpoint(tmp_path):
 
 def test_sampler_exception_carries_its_traceback():
     config = _config()
-    model_config = model_config_from(config)
+    model_config = ModelConfig(**config.model)
     config.task.name = "no_such_task"  # fails inside the sampler process only
     source = ProcessRollouts(model_config, config)
     source.publish(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), param_shapes(model_config)), 0)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from configs import common
-from dora_jax.data.tasks import make_task
+from dora_jax.tasks import make_task
 from dora_jax.rollout.source import InlineRollouts
 from dora_jax.trainer import Trainer
-from dora_jax.trainer.sharding import split_devices
+from dora_jax.sharding import split_devices
 
 
 def _config(sampler_devices):

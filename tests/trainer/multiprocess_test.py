@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from configs import common
-from dora_jax.data.tasks import make_task
+from dora_jax.tasks import make_task
 from dora_jax.eval.evaluate import Evaluator
 from dora_jax.models import checkpoint
 from dora_jax.rollout.source import InlineRollouts

@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from configs import common
-from dora_jax.trainer import plan
+from dora_jax import plan
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+ROOT = os.path.join(os.path.dirname(__file__), "..")
 MESH = {"data": 1, "fsdp": 8, "tensor": 1}
 GiB = 2**30
 

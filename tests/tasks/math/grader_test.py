@@ -1,4 +1,4 @@
-"""Tests for dora_jax.rewards.math: a table of real-world verdicts, adversarial inputs, timeouts and no eval."""
+"""Tests for dora_jax.tasks.math.grader: a table of real-world verdicts, adversarial inputs, timeouts and no eval."""
 
 import builtins
 import inspect
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from dora_jax.rewards import math as mr
+from dora_jax.tasks.math import grader as mr
 
 REAL_EVAL, REAL_EXEC = builtins.eval, builtins.exec
 

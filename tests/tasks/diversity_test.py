@@ -1,4 +1,4 @@
-"""Tests for dora_jax.rewards.diversity: label pass-through, offline embedding clusters, and the LLM judge against
+"""Tests for dora_jax.tasks.diversity: label pass-through, offline embedding clusters, and the LLM judge against
 a real HTTP server on loopback (well-formed, fenced, malformed, slow, failing and absent)."""
 
 import http.server
@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from dora_jax.rewards import diversity as dv
+from dora_jax.tasks import diversity as dv
 
 FACTOR = "We factor the quadratic: x^2 - 5x + 6 = (x-2)(x-3), so the roots are 2 and 3. The sum is 5."
 FACTOR_2 = "Factor the quadratic: x^2 - 5x + 6 = (x-2)(x-3), hence the roots are 2 and 3, and their sum is 5."

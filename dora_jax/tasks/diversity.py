@@ -1,4 +1,4 @@
-"""Diversity functions (SPEC §3): strategy cluster ids of each group's responses, for the Poly-EPO set score.
+"""Diversity functions (docs/design.md §3): strategy cluster ids of each group's responses, for the Poly-EPO set score.
 
     c.diversity = diversity.default_config()      # in a config; then c.diversity.name = "embedding", ...
     fn = diversity.make_diversity(c.diversity)

@@ -1,4 +1,4 @@
-"""A TFDS builder over local math files, for users who keep their data in TFDS (SPEC §7).
+"""A TFDS builder over local math files, for users who keep their data in TFDS (docs/design.md §7).
 
     source = data_source(manual_dir="~/data/math", data_dir="~/tensorflow_datasets", split="train")
     source[0]  # {"problem": "...", "answer": "...", "solution": "..."}
@@ -16,7 +16,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-from dora_jax.data import records
+from dora_jax.tasks.math import records
 
 FIELDS = ("problem", "answer", "solution")
 

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dora_jax.data.records import DataError, read_rows
+from dora_jax.tasks.math.records import DataError, read_rows
 
 FIELDS = {"problem": "problem", "answer": "answer"}
 

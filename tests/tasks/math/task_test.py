@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from configs import nora_grpo
-from dora_jax.data import tfds_math
-from dora_jax.data.math_task import MathTask
-from dora_jax.data.records import DataError
+from dora_jax.tasks.math import tfds_builder
+from dora_jax.tasks.math.task import MathTask
+from dora_jax.tasks.math.records import DataError
 from tests import math_world
 
 
@@ -97,7 +97,7 @@ def test_tfds_builder_serves_the_same_rows_as_the_files(world, tmp_path):
     manual.mkdir()
     (manual / "train.jsonl").write_text(open(world["train"]).read())
     (manual / "aime.json").write_text(open(world["eval"]).read())
-    source = tfds_math.data_source(str(manual), str(tmp_path / "tfds"), "aime")
+    source = tfds_builder.data_source(str(manual), str(tmp_path / "tfds"), "aime")
     assert len(source) == 5
     task = MathTask(_cfg(world, source="tfds", tfds_manual_dir=str(manual), tfds_data_dir=str(tmp_path / "tfds"),
                          train_data="train", eval_data="aime"))
@@ -106,4 +106,4 @@ def test_tfds_builder_serves_the_same_rows_as_the_files(world, tmp_path):
         assert sorted(r["problem"] for r in task.splits[split]) == sorted(r["problem"] for r in files.splits[split])
         assert sorted(r["answer"] for r in task.splits[split]) == sorted(r["answer"] for r in files.splits[split])
     with pytest.raises(DataError, match="not 'test'"):
-        tfds_math.data_source(str(manual), str(tmp_path / "tfds"), "test")
+        tfds_builder.data_source(str(manual), str(tmp_path / "tfds"), "test")

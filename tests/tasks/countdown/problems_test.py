@@ -1,4 +1,4 @@
-"""Tests for dora_jax.data.countdown: tokenizer, templates, solutions worked by hand, splits, corpus."""
+"""Tests for dora_jax.tasks.countdown.problems: tokenizer, templates, solutions worked by hand, splits, corpus."""
 
 import collections
 import itertools
@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from dora_jax.data import countdown as cd
+from dora_jax.tasks.countdown import problems as cd
 
 TOK = cd.TOKENIZER
 

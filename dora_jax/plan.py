@@ -56,11 +56,10 @@ import jax.numpy as jnp
 from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 
 from dora_jax import scoring
-from dora_jax.data.tasks import make_task
+from dora_jax.tasks import make_task
 from dora_jax.models import ModelConfig, checkpoint, hf
 from dora_jax.models.lm import boxed_shapes
-from dora_jax.trainer import sharding
-from dora_jax.trainer.loop import model_config_from
+from dora_jax import sharding
 from dora_jax.trainer.state import init_state, make_optimizer
 from dora_jax.trainer.step import scored_trees
 
@@ -123,7 +122,7 @@ def parse_mesh(text: str) -> dict[str, int]:
 def model_config_of(config) -> ModelConfig:
     """The model the trainer would build: config.json of `ref_dir` (nothing else read) or `config.model`."""
     if not config.ref_dir:
-        model_config = model_config_from(config)
+        model_config = ModelConfig(**config.model)
         if not model_config.vocab_size:  # 0 = the task tokenizer's size, as the pipeline fills it in
             model_config = model_config.replace(vocab_size=make_task(config.task).vocab_size)
         return model_config

@@ -1,12 +1,12 @@
-"""Tests for dora_jax.rewards.countdown: listed solutions score 1 with their template, garbage scores 0."""
+"""Tests for dora_jax.tasks.countdown.verifier: listed solutions score 1 with their template, garbage scores 0."""
 
 import builtins
 
 import numpy as np
 import pytest
 
-from dora_jax.data import countdown as cd
-from dora_jax.rewards import MAX_EXPRESSION_TOKENS, Verdict, score_batch, score_response
+from dora_jax.tasks.countdown import problems as cd
+from dora_jax.tasks.countdown.verifier import MAX_EXPRESSION_TOKENS, Verdict, score_batch, score_response
 
 TOK = cd.TOKENIZER
 P = cd.Problem((3, 5, 7), 26)

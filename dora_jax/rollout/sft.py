@@ -1,9 +1,9 @@
-"""Distilling Dora's discoveries back into Nora (paper §5.1): a STaR-filtered SFT corpus of Dora's samples.
+"""SFT batches in the trainer's batch format, and the distillation corpus they train on.
 
+    source = SFTBatches(task.sft_examples(seed), batch_size, seed, P, N)        # SFT of Ref
     corpus = distill_corpus(evaluator, problems, dora_params, nora_params, config.distill, seed)
-    SFTBatches(corpus, ...)          # then fine-tune Nora on it with the `sft` loss
 
-Dora samples each training problem; only correct responses are kept (the STaR filter). With
+Distillation (paper §5.1) fine-tunes Nora on a STaR-filtered corpus of Dora's samples: Dora samples each training problem; only correct responses are kept (the STaR filter). With
 `rare_only`, a kept response must also use a strategy Nora rarely uses on that problem (less than
 `rare_share` of Nora's own samples), so the corpus carries what Nora forgot rather than what she
 knows. With `nora_replay`, Nora's own correct samples join the corpus (rehearsal), so fine-tuning
@@ -14,6 +14,45 @@ from __future__ import annotations
 
 import numpy as np
 
+from dora_jax.tasks import streams
+
+
+class SFTBatches:
+    """Seeded shuffled epochs over a corpus; resumable by position.
+
+    Each example becomes one row [prompt (left-padded to P) | response (right-padded to N)],
+    with the loss mask on the response, so SFT sees the same layout as a rollout batch.
+    """
+
+    def __init__(self, corpus, batch_size: int, seed: int, prompt_len: int, response_len: int):
+        if not corpus:
+            raise ValueError("the SFT corpus is empty: check config.task (no problem in the SFT split has a solution).")
+        self.corpus, self.batch_size, self.seed = corpus, batch_size, seed
+        self.P, self.N = prompt_len, response_len
+        self.position = 0
+
+    def next_batch(self, step: int) -> dict[str, np.ndarray]:
+        del step
+        B, P, T = self.batch_size, self.P, self.P + self.N
+        tokens = np.zeros((B, T), np.int32)
+        mask = np.zeros((B, T), np.int32)
+        response = np.zeros((B, T), np.float32)
+        for row in range(B):
+            prompt, answer, _ = self.corpus[streams.epoch_item(self.position + row, len(self.corpus), self.seed)]
+            answer = answer[: self.N]
+            tokens[row, P - len(prompt):P], tokens[row, P:P + len(answer)] = prompt, answer
+            mask[row, P - len(prompt):P + len(answer)] = 1
+            response[row, P:P + len(answer)] = 1
+        self.position += B
+        return {"tokens_BxT": tokens, "mask_BxT": mask, "response_mask_BxT": response,
+                "logp_old_BxT": np.zeros((B, T), np.float32), "rewards_B": np.zeros(B, np.float32),
+                "clusters_B": np.full(B, -1, np.int32)}
+
+    def get_state(self) -> dict:
+        return {"position": self.position}
+
+    def set_state(self, state: dict) -> None:
+        self.position = int(state["position"])
 
 def distill_corpus(evaluator, problems: list, dora_params, nora_params, cfg, seed: int
                    ) -> list[tuple[list[int], list[int], int]]:

@@ -5,7 +5,7 @@ import types
 import numpy as np
 import pytest
 
-from dora_jax.data.distill import distill_corpus
+from dora_jax.rollout.sft import distill_corpus
 
 
 class FakeEvaluator:

@@ -1,4 +1,4 @@
-"""Problem rows from local JSON, JSONL or Parquet files, checked field by field (SPEC §7).
+"""Problem rows from local JSON, JSONL or Parquet files, checked field by field (docs/design.md §7).
 
     rows = read_rows("deepscaler.jsonl", {"problem": "problem", "answer": "answer"})
     # [{"problem": "...", "answer": "..."}, ...]; a bad row raises DataError naming file and line

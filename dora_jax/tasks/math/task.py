@@ -1,4 +1,4 @@
-"""Real math (SPEC §7): DeepScaleR-format training rows, AIME-format eval rows, the model's own chat template.
+"""Real math (docs/design.md §7): DeepScaleR-format training rows, AIME-format eval rows, the model's own chat template.
 
     task = MathTask(config.task)      # config.task.name = "math"; see configs/common.py math()
     batch = task.problems("rl", n * Q, Q, seed)          # batch n of the length-bucketed grain stream
@@ -7,7 +7,7 @@
 
 Prompts are `problem + prompt_suffix` as the user turn of the tokenizer's chat template (with
 the generation prompt), tokenised once at start-up. Prompts longer than `max_prompt_len` tokens
-are dropped with a count, as veRL and DeepScaleR do. Rewards come from `dora_jax.rewards.math`
+are dropped with a count, as veRL and DeepScaleR do. Rewards come from `dora_jax.tasks.math.grader`
 (last `\\boxed{}`, sympy equivalence in a killable worker); math has no strategy labels (-1).
 """
 
@@ -19,9 +19,9 @@ from typing import Sequence
 
 import numpy as np
 
-from dora_jax.data import records, tfds_math
-from dora_jax.data.batching import LengthBucketed, left_pad, prompt_stream
-from dora_jax.rewards import math as math_reward
+from dora_jax.tasks.math import records, tfds_builder
+from dora_jax.tasks.streams import LengthBucketed, left_pad, prompt_stream
+from dora_jax.tasks.math import grader
 
 
 def load_tokenizer(path: str):
@@ -76,7 +76,7 @@ class MathTask:
         if self.cfg.source == "files":
             rows = [row for path in spec.split(",") for row in records.read_rows(path.strip(), fields)]
         elif self.cfg.source == "tfds":
-            rows = tfds_math.read_split(self.cfg.tfds_manual_dir, self.cfg.tfds_data_dir, spec, fields)
+            rows = tfds_builder.read_split(self.cfg.tfds_manual_dir, self.cfg.tfds_data_dir, spec, fields)
         else:
             raise ValueError(f"config.task.source={self.cfg.source!r}: use 'files' or 'tfds'.")
         ids = self.encode([r["problem"] for r in rows])
@@ -134,7 +134,7 @@ class MathTask:
             raise ValueError(f"{B} responses for {len(problems)} problems: need G >= 1 responses per problem.")
         G = B // len(problems)
         texts = self.tokenizer.batch_decode([self._response_ids(r) for r in responses_BxN], skip_special_tokens=True)
-        grades = [math_reward.grade(t, problems[i // G]["answer"], require_think_close=self.cfg.require_think_close,
+        grades = [grader.grade(t, problems[i // G]["answer"], require_think_close=self.cfg.require_think_close,
                                     allow_fallback=self.cfg.allow_fallback, timeout_s=self.cfg.grade_timeout_s)
                   for i, t in enumerate(texts)]
         return (np.array([g.reward for g in grades], np.float32), np.array([g.formatted for g in grades], bool),

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dora_jax.data.batching import LengthBucketed, left_pad, prompt_stream
+from dora_jax.tasks.streams import LengthBucketed, left_pad, prompt_stream
 
 
 def test_stream_reshuffles_each_epoch_and_is_a_function_of_the_seed():

@@ -1,4 +1,4 @@
-"""Math reward (SPEC §7): extract the last `\\boxed{}`, normalise, compare exactly, numerically, then by sympy.
+"""Math reward (docs/design.md §7): extract the last `\\boxed{}`, normalise, compare exactly, numerically, then by sympy.
 
     grade("... so $\\boxed{\\dfrac12}$.", "0.5")                           # Grade(1.0, True, '\\dfrac12')
     grade("<think>..</think> \\boxed{7}", "7", require_think_close=True)   # Grade(1.0, True, '7')

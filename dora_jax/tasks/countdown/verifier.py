@@ -17,7 +17,7 @@ from typing import NamedTuple, Sequence, Union
 
 import numpy as np
 
-from dora_jax.data.countdown import TEMPLATES, TOKENIZER, Problem, Tokenizer, Tree, evaluate
+from dora_jax.tasks.countdown.problems import TEMPLATES, TOKENIZER, Problem, Tokenizer, Tree, evaluate
 
 # Longer responses are garbage anyway; the cap also bounds the parser's recursion depth.
 MAX_EXPRESSION_TOKENS = 32

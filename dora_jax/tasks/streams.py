@@ -61,6 +61,12 @@ class LengthBucketed(grain.MapDataset):
         return f"LengthBucketed(batch_size={self._batch_size}, window={self._window})"
 
 
+def epoch_item(position: int, size: int, seed: int) -> int:
+    """The index at `position` of an endless stream over `size` items, reshuffled each epoch from `seed`."""
+    epoch, index = divmod(position, size)
+    return int(np.random.default_rng([seed, epoch]).permutation(size)[index])
+
+
 def left_pad(ids: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(prompt_BxP int32, mask_BxP int32), left-padded so every prompt ends at column P - 1.
 

@@ -1,21 +1,12 @@
-"""Tasks as the pipeline sees them: splits, prompts, rewards and strategy labels in one object.
-
-    task = make_task(config.task)
-    prompt_BxP, mask_BxP = task.prompts(problems)
-    rewards_B, valid_B, strategy_B = task.score(problems, response_BxN)   # G responses per problem
-
-The embedded Countdown world (SPEC §7) is the default; `math` reads DeepScaleR / AIME-format files
-(`dora_jax.data.math_task`). A task is anything with these members.
-"""
+"""The embedded Countdown task: disjoint splits, prompts, rewards and strategy labels in one object."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from dora_jax.data import countdown
-from dora_jax.data.math_task import MathTask
-from dora_jax.rewards import countdown as countdown_reward
-
+from dora_jax.tasks import streams
+from dora_jax.tasks.countdown import problems as countdown
+from dora_jax.tasks.countdown import verifier
 
 class CountdownTask:
     """Countdown with disjoint SFT / RL / held-out problem splits, all generated from `cfg.seed`."""
@@ -41,19 +32,14 @@ class CountdownTask:
     def problems(self, split: str, start: int, count: int, seed: int) -> list:
         """`count` problems of `split` from position `start` of an endless stream of seeded shuffled epochs."""
         pool = self.splits[split]
-        out = []
-        for position in range(start, start + count):
-            epoch, index = divmod(position, len(pool))
-            order = np.random.default_rng([seed, epoch]).permutation(len(pool))
-            out.append(pool[order[index]])
-        return out
+        return [pool[streams.epoch_item(position, len(pool), seed)] for position in range(start, start + count)]
 
     def prompts(self, problems) -> tuple[np.ndarray, np.ndarray]:
         return countdown.encode_prompts(problems, self.tokenizer)
 
     def score(self, problems, responses_BxN: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rewards_B, valid_B, strategy_B) of G responses per problem (prompt-major)."""
-        return countdown_reward.score_batch(problems, list(np.asarray(responses_BxN)), self.tokenizer)
+        return verifier.score_batch(problems, list(np.asarray(responses_BxN)), self.tokenizer)
 
     def sft_examples(self, seed: int) -> list[tuple[list[int], list[int], int]]:
         return countdown.sft_corpus(self.splits["sft"], seed, self.cfg.sft_samples_per_problem)
@@ -67,12 +53,3 @@ class CountdownTask:
 
     def describe(self) -> dict:
         return {split: countdown.describe(problems) for split, problems in self.splits.items()}
-
-
-TASKS = {"countdown": CountdownTask, "math": MathTask}
-
-
-def make_task(cfg):
-    if cfg.name not in TASKS:
-        raise ValueError(f"config.task.name={cfg.name!r} is not a known task; use one of {', '.join(TASKS)}.")
-    return TASKS[cfg.name](cfg)

@@ -1,4 +1,4 @@
-"""Countdown, the embedded task (SPEC §7): reach a target from three numbers, each used once.
+"""Countdown, the embedded task (docs/design.md §7): reach a target from three numbers, each used once.
 
     problem  = Problem(numbers=(3, 5, 7), target=26)
     prompt   "<bos> 3 5 7 target 26"          (PROMPT_LEN tokens)
@@ -27,7 +27,7 @@ from typing import NamedTuple, Sequence, Union
 
 import numpy as np
 
-from dora_jax.data.batching import left_pad
+from dora_jax.tasks.streams import left_pad
 
 MAX_NUMBER = 12  # Problem numbers are drawn from 1..MAX_NUMBER.
 NUM_NUMBERS = 3

@@ -1,0 +1,1 @@
+"""The embedded Countdown world: problem generator and tokenizer, verifier, task."""

@@ -1,0 +1,1 @@
+"""Real math: problem files (JSON/JSONL/Parquet or TFDS), a safe grader, the math task."""
