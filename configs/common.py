@@ -6,6 +6,7 @@ Each field has a one-line comment with its meaning and units. Configs return an
 
 import ml_collections
 
+from dora_jax import objectives
 from dora_jax.tasks import diversity
 
 
@@ -54,25 +55,8 @@ def get_config(arg=None):
     c.dora_dir = ""  # a trained Dora to distill into Nora (configs/distill.py; "" = none)
     c.dora_init = "nora"  # Dora's initial parameters: "nora" (paper default) or "ref"
 
-    # Objective
-    c.objective = ml_collections.ConfigDict()
-    c.objective.loss = "dora_indicator"  # registered loss (dora_jax.objectives.LOSSES)
-    c.objective.advantage = "grpo"  # registered advantage transform (dora_jax.objectives.ADVANTAGES)
-    c.objective.group_size = 8  # responses per prompt G
-    c.objective.agg = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
-    c.objective.eps_low = 0.2  # PPO clip 1 - eps_low
-    c.objective.eps_high = 0.2  # PPO clip 1 + eps_high (raise for clip-higher)
-    c.objective.beta_kl = 0.0  # weight of the k3 KL to the reference
-    c.objective.entropy_coef = 0.0  # entropy bonus weight
-    c.objective.beta = 1.0  # psi temperature: psi = exp(A / beta)
-    c.objective.delta = 2.0  # clip range of the Dora weight C(x, delta)
-    c.objective.tau = 1.0  # advantage scale inside the ref_weighted psi
-    c.objective.psi_form = "exp_adv"  # exp_adv (paper) | ref_weighted (released code)
-    c.objective.credit = "token"  # dora_clipped credit: token (immediate) | return (reverse cumulative)
-    c.objective.k = 4  # k of pass@k-style advantages
-    c.objective.set_size = 4  # n of set advantages (poly_epo, pass_at_k)
-    c.objective.diversity_bonus = 0.5  # lambda of the grpo_diversity advantage (novel correct strategies)
-    c.objective.log_kl_nora = False  # score Nora for kl/dora_nora_* even when the loss does not read her
+    # Objective: the loss, the advantage and their hyperparameters (defaults in dora_jax.objectives).
+    c.objective = objectives.default_config()
 
     # Diversity: strategy cluster ids for set advantages (dora_jax.tasks.diversity).
     c.diversity = diversity.default_config()

@@ -10,6 +10,10 @@ A notebook adds an objective with one decorated function:
     @register_loss("my_loss")
     def my_loss(logp_BxT, batch, hp, denoms): ...
 
+The `objective` config section and every default it holds come from `default_config()` here, once;
+losses read `hp.<field>` directly. A loss declares which frozen trees it reads (`uses`, a tuple or a
+function of the config section): the trainer scores just those, and reading another raises.
+
 Losses divide by *global* denominators (`Denoms` of the whole batch), so summing the losses,
 gradients and metrics of micro-batches reproduces the full-batch values exactly.
 """
@@ -22,6 +26,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 # psi = exp(.) caps its exponent here so float32 never overflows (exp overflows at ~88.7):
@@ -36,21 +41,45 @@ AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 PSI_FORMS = ("exp_adv", "ref_weighted")
 
 
+def default_config() -> ml_collections.ConfigDict:
+    """The `objective` config section: the registered loss and advantage and all their hyperparameters."""
+    c = ml_collections.ConfigDict()
+    c.loss = "dora_indicator"  # registered loss (LOSSES)
+    c.advantage = "grpo"  # registered advantage transform (ADVANTAGES)
+    c.group_size = 8  # responses per prompt G
+    c.agg = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
+    c.eps_low = 0.2  # PPO clip 1 - eps_low
+    c.eps_high = 0.2  # PPO clip 1 + eps_high (raise for clip-higher)
+    c.beta_kl = 0.0  # weight of the k3 KL to the reference (ref is scored only when > 0 or the loss reads it)
+    c.entropy_coef = 0.0  # entropy bonus weight
+    c.beta = 1.0  # psi temperature: psi = exp(A / beta)
+    c.delta = 2.0  # clip range of the Dora weight C(x, delta)
+    c.tau = 1.0  # advantage scale inside the ref_weighted psi
+    c.psi_form = "exp_adv"  # exp_adv (paper) | ref_weighted (released code; configs/contrastive.py)
+    c.credit = "token"  # dora_clipped credit: token (immediate) | return (reverse cumulative)
+    c.k = 4  # k of the analytic pass@k advantage
+    c.set_size = 4  # n of set advantages (poly_epo, pass_at_k)
+    c.diversity_bonus = 0.5  # lambda of the grpo_diversity advantage (novel correct strategies)
+    c.log_kl_nora = False  # score Nora for kl/dora_nora_* even when the loss does not read her
+    return c
+
+
 # ----------------------------------------------------------------------------- registries
 
 
 def _registry(kind: str):
     table: dict[str, Callable] = {}
 
-    def register(name: str, uses: tuple[str, ...] = ("ref", "nora")) -> Callable[[Callable], Callable]:
+    def register(name: str, uses: tuple[str, ...] | Callable[[Any], tuple[str, ...]] = ("ref", "nora")
+                 ) -> Callable[[Callable], Callable]:
         """Decorator adding a function under `name` (re-registering replaces it, so notebook cells re-run).
 
-        `uses` names the frozen trees whose log-probs the function reads (losses only): the
-        trainer skips scoring the others, e.g. `register_loss("sft", uses=())`.
+        `uses` names the frozen trees whose log-probs the function reads (losses only), or maps the
+        objective config to them: the trainer scores those alone, e.g. `register_loss("sft", uses=())`.
         """
 
         def add(fn: Callable) -> Callable:
-            fn.uses = tuple(uses)
+            fn.uses = uses if callable(uses) else tuple(uses)
             table[name] = fn
             return fn
 
@@ -70,6 +99,20 @@ LOSSES, register_loss, get_loss = _registry("loss")
 ADVANTAGES, register_advantage, get_advantage = _registry("advantage")
 
 
+def trees_read(hp: Any) -> tuple[str, ...]:
+    """The frozen trees ("ref", "nora") whose log-probs the configured loss reads."""
+    uses = get_loss(hp.loss).uses
+    return tuple(uses(hp)) if callable(uses) else uses
+
+
+class LossBatch(dict):
+    """A loss's inputs; asking for a frozen tree's log-probs the loss did not declare is an error, not a zero."""
+
+    def __missing__(self, key):
+        raise KeyError(f"{key!r} is not in the loss batch: the loss reads a frozen tree it did not declare. "
+                       "Declare it with @register_loss(name, uses=(\"ref\", \"nora\")) (or a function of the config).")
+
+
 # ----------------------------------------------------------------------------- aggregation
 
 
@@ -78,14 +121,21 @@ class Denoms(NamedTuple):
 
     tokens: jax.Array  # masked-in response tokens, at least 1
     seqs: jax.Array  # sequences, at least 1
-    max_len: jax.Array  # response length budget T (Dr.GRPO's constant normaliser)
+    max_len: jax.Array  # response length budget N (Dr.GRPO's constant normaliser)
 
 
-def denoms_of(mask_BxT: jax.Array) -> Denoms:
-    """Denominators of one full batch; max(., 1) makes an all-zero mask aggregate to 0, not NaN."""
+def denoms_of(mask_BxT: jax.Array, response_budget: int | None = None) -> Denoms:
+    """Denominators of one full batch; max(., 1) makes an all-zero mask aggregate to 0, not NaN.
+
+    `response_budget`: the most response tokens a sequence may have (rollout.max_new_tokens). It must
+    not be the mask's width, which also counts the left-padded prompt columns and so would change the
+    Dr.GRPO loss of the same responses with the batch's longest prompt. None: the width (masks that
+    hold responses only, as in the tests).
+    """
     mask_BxT = jnp.asarray(mask_BxT, jnp.float32)
     B, T = mask_BxT.shape
-    return Denoms(tokens=jnp.maximum(jnp.sum(mask_BxT), 1.0), seqs=jnp.float32(max(B, 1)), max_len=jnp.float32(T))
+    budget = T if response_budget is None else response_budget
+    return Denoms(tokens=jnp.maximum(jnp.sum(mask_BxT), 1.0), seqs=jnp.float32(max(B, 1)), max_len=jnp.float32(budget))
 
 
 def agg(x_BxT: jax.Array, mask_BxT: jax.Array, mode: str, denoms: Denoms) -> jax.Array:
@@ -117,12 +167,12 @@ def _token_mean(x_BxT: jax.Array, mask_BxT: jax.Array, denoms: Denoms) -> jax.Ar
 # ----------------------------------------------------------------------------- shared pieces
 
 
-def _constants(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+def _constants(batch: dict[str, jax.Array]) -> LossBatch:
     """The batch in float32 and stop-gradiented, except "entropy_BxT"."""
     batch = {k: jnp.asarray(v, jnp.float32) for k, v in batch.items()}
     # The entropy bonus only acts through a differentiable entropy, so the entropy keeps whatever
     # gradient path the caller gives it (a stop-gradiented entropy just makes the bonus a constant).
-    return {k: v if k == "entropy_BxT" else jax.lax.stop_gradient(v) for k, v in batch.items()}
+    return LossBatch({k: v if k == "entropy_BxT" else jax.lax.stop_gradient(v) for k, v in batch.items()})
 
 
 def _per_token(adv: jax.Array, like_BxT: jax.Array) -> jax.Array:
@@ -137,7 +187,7 @@ def _ratio(logp_BxT: jax.Array, logp_old_BxT: jax.Array) -> jax.Array:
 
 
 def _clip_ratio(rho_BxT: jax.Array, hp: Any) -> jax.Array:
-    return jnp.clip(rho_BxT, 1.0 - getattr(hp, "eps_low", 0.2), 1.0 + getattr(hp, "eps_high", 0.2))
+    return jnp.clip(rho_BxT, 1.0 - hp.eps_low, 1.0 + hp.eps_high)
 
 
 def _ppo_surrogate(rho_BxT: jax.Array, c_BxT: jax.Array, hp: Any) -> jax.Array:
@@ -155,40 +205,45 @@ def _k3(logp_BxT: jax.Array, logp_ref_BxT: jax.Array, mask_BxT: jax.Array) -> ja
     return jnp.exp(d_BxT) - d_BxT - 1.0
 
 
-def psi(adv_BxT_or_B: jax.Array, logp_ref_BxT: jax.Array, hp: Any, form: str | None = None) -> jax.Array:
-    """The oracle advantage weight psi_t [B, T] (docs/design.md §3), `form` defaulting to hp.psi_form:
+def psi(adv_BxT_or_B: jax.Array, logp_ref_BxT: jax.Array, hp: Any) -> jax.Array:
+    """The oracle advantage weight psi_t [B, T] (docs/design.md §3), of form hp.psi_form:
 
     exp_adv      (paper, Formulation 2): psi = exp(A / beta)
     ref_weighted (released code):        psi = exp(lR_t + tau A - log beta) = pi_ref e^{tau A} / beta
     The exponent is capped at 60 so float32 never overflows (see _MAX_LOG_PSI).
     """
-    form = form or getattr(hp, "psi_form", "exp_adv")
+    form = hp.psi_form
     logp_ref_BxT = jnp.asarray(logp_ref_BxT, jnp.float32)
     adv_BxT = _per_token(adv_BxT_or_B, logp_ref_BxT)
-    beta = getattr(hp, "beta", 1.0)
+    beta = hp.beta
     if form == "exp_adv":
         log_psi_BxT = adv_BxT / beta
     elif form == "ref_weighted":
-        log_psi_BxT = logp_ref_BxT + getattr(hp, "tau", 1.0) * adv_BxT - math.log(beta)
+        log_psi_BxT = logp_ref_BxT + hp.tau * adv_BxT - math.log(beta)
     else:
         raise ValueError(f"Unknown psi_form {form!r}; set objective.psi_form to one of {', '.join(PSI_FORMS)}.")
     return jnp.exp(jnp.minimum(log_psi_BxT, _MAX_LOG_PSI))
 
 
-def _finish(pg_loss: jax.Array, logp_BxT: jax.Array, b: dict[str, jax.Array], hp: Any, denoms: Denoms,
-            metrics: dict[str, jax.Array], beta_kl: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+def _finish(pg_loss: jax.Array, logp_BxT: jax.Array, b: LossBatch, hp: Any, denoms: Denoms,
+            metrics: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
     """loss = pg_loss + beta_kl agg(k3) - entropy_coef agg(entropy), with the shared metrics.
 
     pg_loss and loss use the configured aggregation (they are the loss terms); every other
     metric is a token-mean. All use the global denominators, so they sum over micro-batches.
+    The k3 term and its kl_ref metric need ref's log-probs: without them (a loss that reads no
+    ref and beta_kl = 0) neither exists.
     """
     mask_BxT = b["mask_BxT"]
-    mode = getattr(hp, "agg", "token-mean")
-    k3_BxT = _k3(logp_BxT, b["logp_ref_BxT"], mask_BxT)
-    loss = pg_loss + beta_kl * agg(k3_BxT, mask_BxT, mode, denoms)
-    metrics = {**metrics, "pg_loss": pg_loss, "kl_ref": _token_mean(k3_BxT, mask_BxT, denoms)}
+    mode = hp.agg
+    loss = pg_loss
+    metrics = {**metrics, "pg_loss": pg_loss}
+    if "logp_ref_BxT" in b:
+        k3_BxT = _k3(logp_BxT, b["logp_ref_BxT"], mask_BxT)
+        loss = loss + hp.beta_kl * agg(k3_BxT, mask_BxT, mode, denoms)
+        metrics["kl_ref"] = _token_mean(k3_BxT, mask_BxT, denoms)
     if "entropy_BxT" in b:
-        loss = loss - getattr(hp, "entropy_coef", 0.0) * agg(b["entropy_BxT"], mask_BxT, mode, denoms)
+        loss = loss - hp.entropy_coef * agg(b["entropy_BxT"], mask_BxT, mode, denoms)
         metrics["entropy"] = _token_mean(b["entropy_BxT"], mask_BxT, denoms)
     metrics["loss"] = loss
     return loss, metrics
@@ -203,18 +258,18 @@ def sft_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
     """Supervised fine-tuning (builds pi_ref): loss = agg(-lD), the masked negative log-likelihood."""
     logp_BxT = jnp.asarray(logp_BxT, jnp.float32)
     mask_BxT = jax.lax.stop_gradient(jnp.asarray(batch["mask_BxT"], jnp.float32))
-    loss = agg(-logp_BxT, mask_BxT, getattr(hp, "agg", "token-mean"), denoms)
+    loss = agg(-logp_BxT, mask_BxT, hp.agg, denoms)
     return loss, {"nll": _token_mean(-logp_BxT, mask_BxT, denoms), "loss": loss}
 
 
-# GRPO reads the reference only through its k3 term; the trainer scores ref when beta_kl > 0.
-@register_loss("grpo", uses=())
+# GRPO reads the reference only through its k3 term: ref is scored when beta_kl > 0.
+@register_loss("grpo", uses=lambda hp: ("ref",) if hp.beta_kl > 0 else ())
 def grpo_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
               denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
     """GRPO / PPO-clip (docs/design.md §3, trains Nora from ref):
 
     loss = -agg(min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A)) + beta_kl agg(k3).
-    At rho = 1 the gradient is -agg(A grad lD) + beta_kl agg(grad k3). beta_kl defaults to 0.001.
+    At rho = 1 the gradient is -agg(A grad lD) + beta_kl agg(grad k3).
     """
     logp_BxT = jnp.asarray(logp_BxT, jnp.float32)
     b = _constants(batch)
@@ -223,10 +278,10 @@ def grpo_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
     rho_BxT = _ratio(logp_BxT, b["logp_old_BxT"])
     unclipped_BxT = rho_BxT * adv_BxT
     clipped_BxT = _clip_ratio(rho_BxT, hp) * adv_BxT
-    pg_loss = -agg(jnp.minimum(unclipped_BxT, clipped_BxT), mask_BxT, getattr(hp, "agg", "token-mean"), denoms)
+    pg_loss = -agg(jnp.minimum(unclipped_BxT, clipped_BxT), mask_BxT, hp.agg, denoms)
     # The clipped branch is active where the min strictly prefers it (its gradient is then 0).
     clip_frac = _token_mean(clipped_BxT < unclipped_BxT, mask_BxT, denoms)
-    return _finish(pg_loss, logp_BxT, b, hp, denoms, {"clip_frac": clip_frac}, getattr(hp, "beta_kl", 0.001))
+    return _finish(pg_loss, logp_BxT, b, hp, denoms, {"clip_frac": clip_frac})
 
 
 @register_loss("dora_clipped")
@@ -242,28 +297,28 @@ def dora_clipped_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
     b = _constants(batch)
     mask_BxT = b["mask_BxT"]
     log_ratio_BxT = b["logp_ref_BxT"] - b["logp_nora_BxT"]
-    upper_BxT = b["logp_ref_BxT"] + _per_token(b["adv_B"], logp_BxT) / getattr(hp, "beta", 1.0)
-    lower = -getattr(hp, "delta", 2.0)
+    upper_BxT = b["logp_ref_BxT"] + _per_token(b["adv_B"], logp_BxT) / hp.beta
+    lower = -hp.delta
     lower_clipped_BxT = jnp.maximum(log_ratio_BxT, lower)
     c_BxT = jnp.minimum(lower_clipped_BxT, upper_BxT)
     # Disjoint: "high" wherever the upper bound sets c (also when u < -delta), "low" where -delta does.
     high_BxT = lower_clipped_BxT > upper_BxT
     low_BxT = (log_ratio_BxT < lower) & ~high_BxT
-    credit = getattr(hp, "credit", "token")
+    credit = hp.credit
     if credit == "return":
         # Reverse cumulative sum over the sequence's own (masked-in) tokens only.
         c_BxT = jax.lax.cumsum(c_BxT * mask_BxT, axis=1, reverse=True)
     elif credit != "token":
         raise ValueError(f"Unknown credit {credit!r}; set objective.credit to 'token' or 'return'.")
     pg_loss = -agg(_ppo_surrogate(_ratio(logp_BxT, b["logp_old_BxT"]), c_BxT, hp), mask_BxT,
-                   getattr(hp, "agg", "token-mean"), denoms)
+                   hp.agg, denoms)
     metrics = {
         "clip_frac_low": _token_mean(low_BxT, mask_BxT, denoms),
         "clip_frac_high": _token_mean(high_BxT, mask_BxT, denoms),
         "log_ratio_mean": _token_mean(log_ratio_BxT, mask_BxT, denoms),
         "psi_mean": _token_mean(psi(b["adv_B"], b["logp_ref_BxT"], hp), mask_BxT, denoms),
     }
-    return _finish(pg_loss, logp_BxT, b, hp, denoms, metrics, getattr(hp, "beta_kl", 0.0))
+    return _finish(pg_loss, logp_BxT, b, hp, denoms, metrics)
 
 
 @register_loss("dora_indicator")
@@ -280,18 +335,18 @@ def dora_indicator_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: An
     log_ratio_BxT = b["logp_ref_BxT"] - b["logp_nora_BxT"]
     psi_BxT = psi(b["adv_B"], b["logp_ref_BxT"], hp)
     gate_BxT = log_ratio_BxT > 0
-    delta = getattr(hp, "delta", 2.0)
+    delta = hp.delta
     w_BxT = gate_BxT * jnp.clip(psi_BxT * log_ratio_BxT, -delta, delta)
     rho_BxT = _ratio(logp_BxT, b["logp_old_BxT"])
     pg_loss = -agg(w_BxT * jnp.minimum(rho_BxT, _clip_ratio(rho_BxT, hp)), mask_BxT,
-                   getattr(hp, "agg", "token-mean"), denoms)
+                   hp.agg, denoms)
     metrics = {
         "indicator_frac": _token_mean(gate_BxT, mask_BxT, denoms),
         "weight_mean": _token_mean(w_BxT, mask_BxT, denoms),
         "psi_mean": _token_mean(psi_BxT, mask_BxT, denoms),
         "log_ratio_mean": _token_mean(log_ratio_BxT, mask_BxT, denoms),
     }
-    return _finish(pg_loss, logp_BxT, b, hp, denoms, metrics, getattr(hp, "beta_kl", 0.0))
+    return _finish(pg_loss, logp_BxT, b, hp, denoms, metrics)
 
 
 @register_loss("dora_contrastive")
@@ -299,20 +354,21 @@ def dora_contrastive_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: 
                           denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Dora, the authors' released contrastive variant (docs/design.md §3):
 
-    loss = -agg(psi_t (lD_t + sg(lR_t - lN_t))), psi_form defaulting to "ref_weighted" for this loss;
+    loss = -agg(psi_t (lD_t + sg(lR_t - lN_t))); the released code's psi is hp.psi_form = "ref_weighted"
+    (configs/contrastive.py);
     on-policy by construction (no ratio), gradient -agg(psi grad lD).
     """
     logp_BxT = jnp.asarray(logp_BxT, jnp.float32)
     b = _constants(batch)
     mask_BxT = b["mask_BxT"]
     log_ratio_BxT = b["logp_ref_BxT"] - b["logp_nora_BxT"]
-    psi_BxT = psi(b["adv_B"], b["logp_ref_BxT"], hp, form=getattr(hp, "psi_form", "ref_weighted"))
-    pg_loss = -agg(psi_BxT * (logp_BxT + log_ratio_BxT), mask_BxT, getattr(hp, "agg", "token-mean"), denoms)
+    psi_BxT = psi(b["adv_B"], b["logp_ref_BxT"], hp)
+    pg_loss = -agg(psi_BxT * (logp_BxT + log_ratio_BxT), mask_BxT, hp.agg, denoms)
     metrics = {
         "psi_mean": _token_mean(psi_BxT, mask_BxT, denoms),
         "log_ratio_mean": _token_mean(log_ratio_BxT, mask_BxT, denoms),
     }
-    return _finish(pg_loss, logp_BxT, b, hp, denoms, metrics, getattr(hp, "beta_kl", 0.0))
+    return _finish(pg_loss, logp_BxT, b, hp, denoms, metrics)
 
 
 # ----------------------------------------------------------------------------- advantages
@@ -426,14 +482,14 @@ def _dr_grpo(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: Any) ->
 
 @register_advantage("poly_epo")
 def _poly_epo(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: Any) -> jax.Array:
-    """Poly-EPO marginal set advantage, subsets of size hp.set_size (default 4), no std normalisation."""
-    return set_advantages(poly_epo_score, rewards_PxG, clusters_PxG, getattr(hp, "set_size", 4))
+    """Poly-EPO marginal set advantage, subsets of size hp.set_size, no std normalisation."""
+    return set_advantages(poly_epo_score, rewards_PxG, clusters_PxG, hp.set_size)
 
 
 @register_advantage("pass_at_k")
 def _pass_at_k(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: Any) -> jax.Array:
-    """Pass@k marginal set advantage f(S) = max r, subsets of size hp.set_size (default 4)."""
-    return set_advantages(pass_at_k_score, rewards_PxG, None, getattr(hp, "set_size", 4))
+    """Pass@k marginal set advantage f(S) = max r, subsets of size hp.set_size."""
+    return set_advantages(pass_at_k_score, rewards_PxG, None, hp.set_size)
 
 
 @register_advantage("grpo_diversity")
@@ -450,11 +506,11 @@ def _grpo_diversity(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: 
     same_PxGxG = (clusters_PxG[:, :, None] == clusters_PxG[:, None, :]) & rewarded_PxG[:, None, :]
     m_PxG = jnp.sum(same_PxGxG, axis=-1)
     novelty_PxG = jnp.where(rewarded_PxG & (clusters_PxG >= 0), 1.0 / jnp.maximum(m_PxG, 1), 0.0)
-    return grpo_advantages(rewards_PxG + getattr(hp, "diversity_bonus", 0.5) * rewards_PxG * novelty_PxG)
+    return grpo_advantages(rewards_PxG + hp.diversity_bonus * rewards_PxG * novelty_PxG)
 
 
 @register_advantage("pass_at_k_analytic")
 def _pass_at_k_analytic(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: Any) -> jax.Array:
-    """Chen et al. 2025 analytic Pass@k-training advantage with k = hp.k (default 4)."""
+    """Chen et al. 2025 analytic Pass@k-training advantage with k = hp.k."""
     del clusters_PxG
-    return pass_at_k_analytic_advantages(rewards_PxG, getattr(hp, "k", 4))
+    return pass_at_k_analytic_advantages(rewards_PxG, hp.k)

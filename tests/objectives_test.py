@@ -6,7 +6,6 @@ import types
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -17,7 +16,10 @@ AGG_MODES = obj.AGG_MODES
 
 
 def hp(**kw):
-    return types.SimpleNamespace(**kw)
+    """The objective config section with its defaults, `kw` overriding them."""
+    c = obj.default_config()
+    c.update(kw)
+    return c
 
 
 def f32(x):
@@ -119,7 +121,7 @@ def grpo_batch():
 
 def test_grpo_golden():
     lD, batch = grpo_batch()
-    loss, m = run_loss("grpo", lD, batch, hp(entropy_coef=0.01))  # beta_kl defaults to 0.001 for grpo
+    loss, m = run_loss("grpo", lD, batch, hp(entropy_coef=0.01, beta_kl=0.001))
     # min(rho A, clip(rho) A): token 0: min(1.5, 1.2) = 1.2; token 1: 1; token 2: min(0.5*-2, 0.8*-2) = -1.6.
     pg = -(1.2 + 1.0 - 1.6) / 3
     # k3 = e^d - d - 1: d = ln 2 -> 1 - ln 2; d = 0 -> 0; d = -ln 2 -> ln 2 - 0.5.
@@ -224,25 +226,30 @@ def contrastive_batch():
 
 def test_dora_contrastive_golden():
     lD, batch = contrastive_batch()
-    # Default psi_form for this loss is ref_weighted: psi = pi_ref e^0 / 1 = [0.5, 0.25];
+    # The released code's psi_form (configs/contrastive.py): psi = pi_ref e^0 / 1 = [0.5, 0.25];
     # lR - lN = [ln 2, 0]: loss = -(0.5 (-1 + ln 2) + 0.25 (-2 + 0)) / 2.
-    loss, m = run_loss("dora_contrastive", lD, batch, hp())
+    loss, m = run_loss("dora_contrastive", lD, batch, hp(psi_form="ref_weighted"))
     close(loss, -(0.5 * (-1 + LN2) + 0.25 * -2) / 2)
     close(m["psi_mean"], (0.5 + 0.25) / 2)
     close(m["log_ratio_mean"], LN2 / 2)
-    # An explicit psi_form is honoured: exp_adv with A = 0 gives psi = 1.
+    # The paper's psi_form: exp_adv with A = 0 gives psi = 1.
     loss, _ = run_loss("dora_contrastive", lD, batch, hp(psi_form="exp_adv"))
     close(loss, -((-1 + LN2) + (-2 + 0)) / 2)
 
 
-@pytest.mark.parametrize("name", ["grpo", "dora_indicator", "dora_clipped", "dora_contrastive"])
-def test_config_dict_hp_matches_namespace(name):
+def test_losses_declare_the_trees_they_read():
+    assert obj.trees_read(hp(loss="sft")) == ()
+    assert obj.trees_read(hp(loss="grpo", beta_kl=0.0)) == ()
+    assert obj.trees_read(hp(loss="grpo", beta_kl=0.001)) == ("ref",)
+    for name in ("dora_indicator", "dora_clipped", "dora_contrastive"):
+        assert obj.trees_read(hp(loss=name)) == ("ref", "nora")
     lD, batch = clipped_batch()
-    fields = dict(agg="seq-mean-token-mean", eps_low=0.1, eps_high=0.3, beta=0.5, delta=1.5)
-    a, ma = run_loss(name, lD + 0.1, batch, ml_collections.ConfigDict(fields))
-    b, mb = run_loss(name, lD + 0.1, batch, hp(**fields))
-    close(a, b)
-    assert ma.keys() == mb.keys()
+    without_ref = {k: v for k, v in batch.items() if k != "logp_ref_BxT"}
+    # GRPO without ref: no k3 term and no kl_ref metric, rather than a KL to its own log-probs.
+    _, m = run_loss("grpo", lD, without_ref, hp(beta_kl=0.0))
+    assert "kl_ref" not in m
+    with pytest.raises(KeyError, match="did not declare"):
+        run_loss("dora_indicator", lD, without_ref, hp())
 
 
 # ----------------------------------------------------------------------------- losses: gradients
@@ -285,7 +292,8 @@ def test_on_policy_gradients_match_stated_forms(mode):
         ("dora_contrastive", "token"): -psi_ref * W + dk3,
     }
     for (name, credit), grad in expected.items():
-        _, g = loss_grad(name, lD, b, types.SimpleNamespace(**vars(h), credit=credit))
+        form = "ref_weighted" if name == "dora_contrastive" else "exp_adv"  # the released code's psi for its loss
+        _, g = loss_grad(name, lD, b, hp(**{**h.to_dict(), "credit": credit, "psi_form": form}))
         close(g, grad, atol=1e-6)
     assert np.abs(expected[("dora_clipped", "token")]).max() > 0.01  # the released code's version had no gradient
 

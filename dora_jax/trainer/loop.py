@@ -95,7 +95,7 @@ class Trainer:
         self.batch_shardings = {k: sharding.batch_sharding(self.mesh, self.rules, 2 if k.endswith("BxT") else 1)
                                 for k in BATCH_KEYS}
         update = make_update(self.model_config, config.objective, self.tx, temperature=config.rollout.temperature,
-                             grad_accum=config.optim.grad_accum)
+                             grad_accum=config.optim.grad_accum, response_budget=config.rollout.max_new_tokens)
         self.update = jit_update(update, self.state_shardings, {"ref": self.param_shardings, "nora": self.param_shardings},
                                  self.batch_shardings, metrics_sharding=NamedSharding(self.mesh, P()))
         self.ckpt = ocp.CheckpointManager(

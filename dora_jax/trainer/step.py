@@ -32,35 +32,37 @@ def scored_trees(objective_cfg) -> tuple[str, ...]:
     """The trees the update scores: Dora, plus the frozen ones the loss reads (SFT and GRPO with
     beta_kl = 0 read neither). `log_kl_nora` adds Nora so that methods trained from ref (GRPO,
     Poly-EPO) still report their distance to her."""
-    uses = getattr(objectives.get_loss(objective_cfg.loss), "uses", ("ref", "nora"))
-    nora = "nora" in uses or getattr(objective_cfg, "log_kl_nora", False)
-    ref = "ref" in uses or getattr(objective_cfg, "beta_kl", 0.0) > 0
-    return ("dora",) + (("nora",) if nora else ()) + (("ref",) if ref else ())
+    read = objectives.trees_read(objective_cfg)
+    nora = "nora" in read or objective_cfg.log_kl_nora
+    return ("dora",) + (("nora",) if nora else ()) + (("ref",) if "ref" in read else ())
 
 
 def make_update(model_config: ModelConfig, objective_cfg, tx: optax.GradientTransformation, *, temperature: float,
-                grad_accum: int) -> Callable[[TrainState, dict, dict], tuple[TrainState, dict]]:
-    """Builds `update(state, frozen, batch) -> (state, metrics)`; `frozen` = {"ref": p, "nora": p}."""
+                grad_accum: int, response_budget: int) -> Callable[[TrainState, dict, dict], tuple[TrainState, dict]]:
+    """Builds `update(state, frozen, batch) -> (state, metrics)`; `frozen` = {"ref": p, "nora": p}.
+
+    `response_budget`: the most response tokens per sequence (rollout.max_new_tokens), Dr.GRPO's normaliser.
+    """
     loss_fn = objectives.get_loss(objective_cfg.loss)
     advantage_fn = objectives.get_advantage(objective_cfg.advantage)
     G = objective_cfg.group_size
 
-    trees = scored_trees(objective_cfg)
-    uses_ref, uses_nora = "ref" in trees, "nora" in trees
-    entropy_coef = getattr(objective_cfg, "entropy_coef", 0.0)
+    read = objectives.trees_read(objective_cfg)
+    uses_nora = "nora" in scored_trees(objective_cfg)
+    entropy_coef = objective_cfg.entropy_coef
 
     def micro_loss(params, frozen, mb, denoms):
         trees = {"dora": params, **({"nora": frozen["nora"]} if uses_nora else {})}
         scores = scoring.token_logprobs(model_config, trees, mb["tokens_BxT"], mb["mask_BxT"], temperature=temperature)
-        own = jax.lax.stop_gradient(scores["dora"])  # stands in for an unscored tree: zero KL, zero log-ratio
-        ref = own
-        if uses_ref:
-            ref = scoring.token_logprobs(model_config, {"ref": frozen["ref"]}, mb["tokens_BxT"], mb["mask_BxT"],
-                                         temperature=temperature, kl=None, entropy_of=())["ref"]
         resp = mb["response_mask_BxT"]
-        loss_batch = jax.lax.stop_gradient({"mask_BxT": resp, "logp_old_BxT": mb["logp_old_BxT"],
-                                            "logp_ref_BxT": ref, "logp_nora_BxT": scores.get("nora", own),
-                                            "adv_B": mb["adv_B"]})
+        loss_batch = {"mask_BxT": resp, "logp_old_BxT": mb["logp_old_BxT"], "adv_B": mb["adv_B"]}
+        if "ref" in read:
+            loss_batch["logp_ref_BxT"] = scoring.token_logprobs(
+                model_config, {"ref": frozen["ref"]}, mb["tokens_BxT"], mb["mask_BxT"], temperature=temperature,
+                kl=None, entropy_of=())["ref"]
+        if "nora" in read:
+            loss_batch["logp_nora_BxT"] = scores["nora"]
+        loss_batch = jax.lax.stop_gradient(loss_batch)
         # Differentiable only when the entropy bonus is on: its full-vocabulary backward is not free.
         entropy = scores["entropy/dora"]
         loss_batch["entropy_BxT"] = entropy if entropy_coef else jax.lax.stop_gradient(entropy)
@@ -78,7 +80,7 @@ def make_update(model_config: ModelConfig, objective_cfg, tx: optax.GradientTran
         rewards_PxG = batch["rewards_B"].reshape(B // G, G)
         clusters_PxG = batch["clusters_B"].reshape(B // G, G)
         adv_B = advantage_fn(rewards_PxG, clusters_PxG, objective_cfg).reshape(B)
-        denoms = objectives.denoms_of(batch["response_mask_BxT"])
+        denoms = objectives.denoms_of(batch["response_mask_BxT"], response_budget)
         inputs = {k: batch[k] for k in ("tokens_BxT", "mask_BxT", "response_mask_BxT", "logp_old_BxT")}
         inputs["adv_B"] = adv_B
         # [M, B/M, ...]: micro-batches scanned in order; sums of their grads are exact
