@@ -152,7 +152,7 @@ def plan(config, mesh: Mapping[str, int] | None = None, prompt_len: int | None =
 
     boxed = boxed_shapes(model_config)
     tx = make_optimizer(config.optim, config.trainer.num_steps)
-    state = jax.eval_shape(lambda p: init_state(p, tx, config.seed), boxed)
+    state = jax.eval_shape(lambda p: init_state(p, tx), boxed)
     state_bytes = _tree_bytes(state, abstract_mesh, rules)
     dora = _tree_bytes(state.params, abstract_mesh, rules)
 

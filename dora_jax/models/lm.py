@@ -74,10 +74,6 @@ class LM:
     params: Params
     source_dir: str | None = None  # where it was loaded from (tokenizer files are copied from here on save)
 
-    @property
-    def module(self) -> Decoder:
-        return Decoder(self.config)
-
     def logits(self, params: Params, input_ids, attention_mask=None) -> jax.Array:
         """[B, T, V] float32 logits for `input_ids` [B, T]; `attention_mask` [B, T] marks real tokens."""
         input_ids = jnp.asarray(input_ids, jnp.int32)

@@ -1,11 +1,10 @@
-"""Jitted KV-cache sampling: one policy, a handover between two, or a group mixed from several.
+"""Jitted KV-cache sampling: one policy, or a handover between two.
 
     rollout = sample(config, (params,), prompt_BxP, prompt_mask_BxP, rngs_B, max_new_tokens=256,
                      temperature=1.0, top_p=0.95, stop_ids=(eos,))
     rollout.tokens_BxN, rollout.logp_BxN, rollout.mask_BxN, rollout.lengths_B, rollout.finish_B
 
-Shapes: B rows, P (left-padded) prompt length, N = max_new_tokens, K policies, V vocabulary,
-Q prompts and G responses per prompt in `sample_mixture` (B = Q * G, prompt-major).
+Shapes: B rows, P (left-padded) prompt length, N = max_new_tokens, K policies, V vocabulary.
 
 Row i depends only on its key `rngs_B[i]`, the real tokens of its prompt and the parameters:
 decode step t draws with `fold_in(rngs_B[i], t)`, positions skip padding and padded cache
@@ -19,11 +18,10 @@ together: every process passes the same rows and receives the whole rollout.
 from __future__ import annotations
 
 import functools
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dora_jax import distributed
@@ -41,7 +39,6 @@ class Rollout(NamedTuple):
 
     tokens_BxN: jax.Array  # int32
     logp_BxN: jax.Array  # f32 log-prob under the policy that drew the token
-    logp_by_policy_BxNxK: jax.Array  # f32 log-prob of the same token under each policy
     policy_BxN: jax.Array  # int32 policy that draws step t (the schedule, also after a row stops)
     mask_BxN: jax.Array  # int32 1 on emitted tokens, the stop token included
     lengths_B: jax.Array  # int32 emitted tokens per row
@@ -144,7 +141,7 @@ def sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP: jax.Ar
         raise ValueError(f"sample takes 1 policy, or 2 for handover; got {K}.")
     if (K == 2) != (handover_window > 0):
         raise ValueError(f"handover_window={handover_window} with {K} policies: handover needs exactly 2 policies "
-                         "and a window > 0 (sample a mixture of whole responses with sample_mixture).")
+                         "and a window > 0 (a mixture of whole responses samples each policy with its own call).")
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 1:
         raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0, max_new_tokens >= 1; got "
                          f"{temperature}, {top_p}, {top_k}, {max_new_tokens}.")
@@ -247,44 +244,14 @@ def _sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP, promp
         state = decode(state, end)
     _, _, _, done_B, (tokens_NxB, logp_NxKxB, mask_NxB) = state
 
-    logp_by_policy_BxNxK = jnp.transpose(logp_NxKxB, (2, 0, 1))
+    logp_BxNxK = jnp.transpose(logp_NxKxB, (2, 0, 1))  # every policy scores every token (each feeds its cache)
     policy_BxN = jnp.broadcast_to(policy_N[None, :], (B, N))
     mask_BxN = mask_NxB.T
     return Rollout(
         tokens_BxN=tokens_NxB.T,
-        logp_BxN=jnp.take_along_axis(logp_by_policy_BxNxK, policy_BxN[..., None], axis=-1)[..., 0],
-        logp_by_policy_BxNxK=logp_by_policy_BxNxK,
+        logp_BxN=jnp.take_along_axis(logp_BxNxK, policy_BxN[..., None], axis=-1)[..., 0],
         policy_BxN=policy_BxN,
         mask_BxN=mask_BxN,
         lengths_B=jnp.sum(mask_BxN, axis=1),
         finish_B=jnp.where(done_B, FINISH_STOP, FINISH_LENGTH).astype(jnp.int32),
     )
-
-
-def sample_mixture(config: ModelConfig, params_by_name: Mapping[str, Params], counts: Mapping[str, int],
-                   prompt_QxP: jax.Array, prompt_mask_QxP: jax.Array, rng: jax.Array,
-                   **sample_kwargs) -> tuple[Rollout, jax.Array]:
-    """G = sum(counts) responses per prompt, `counts[name]` of them from policy `name`.
-
-    Returns the rollout with rows prompt-major (prompt 0's G rows first; within a group the
-    policies in `counts`' order) and `policy_B`, each row's index into `tuple(counts)`, also
-    written into `policy_BxN`. Row g of prompt q uses the key `fold_in(fold_in(rng, q), g)`,
-    so the result is a function of `rng`. `sample_kwargs` go to `sample` (no handover).
-    """
-    Q = prompt_QxP.shape[0]
-    G = sum(counts.values())
-    rngs_QxG = jax.vmap(lambda q: jax.vmap(lambda g: jax.random.fold_in(jax.random.fold_in(rng, q), g))(
-        jnp.arange(G)))(jnp.arange(Q))
-    groups, policy_ids, start = [], [], 0
-    for index, (name, count) in enumerate(counts.items()):
-        if count == 0:
-            continue
-        rollout = sample(config, (params_by_name[name],), jnp.repeat(prompt_QxP, count, axis=0),
-                         jnp.repeat(prompt_mask_QxP, count, axis=0),
-                         rngs_QxG[:, start:start + count].reshape(Q * count), **sample_kwargs)
-        rollout = rollout._replace(policy_BxN=jnp.full_like(rollout.policy_BxN, index))
-        groups.append(jax.tree.map(lambda x, c=count: x.reshape(Q, c, *x.shape[1:]), rollout))
-        policy_ids.append(np.full((Q, count), index, np.int32))
-        start += count
-    rollout = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1).reshape(Q * G, *xs[0].shape[2:]), *groups)
-    return rollout, jnp.asarray(np.concatenate(policy_ids, axis=1).reshape(Q * G))

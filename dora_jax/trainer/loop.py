@@ -80,7 +80,7 @@ class Trainer:
         # Without a nora_dir Nora is ref: the same buffers, not a second copy (neither is ever donated).
         self.frozen = {"ref": ref_on_mesh, "nora": ref_on_mesh if nora_params is ref_params else on_mesh(nora_params)}
         self.tx = make_optimizer(config.optim, config.trainer.num_steps)
-        abstract_state = jax.eval_shape(lambda p: init_state(p, self.tx, config.seed), boxed)
+        abstract_state = jax.eval_shape(lambda p: init_state(p, self.tx), boxed)
         self.state_shardings = sharding.tree_shardings(abstract_state, self.mesh, self.rules)
         if config.dora_init not in ("nora", "ref", "random"):
             raise ValueError(f"config.dora_init={config.dora_init!r}: use 'nora', 'ref' or 'random'.")
@@ -88,7 +88,7 @@ class Trainer:
             models.init_params(self.model_config, jax.random.key(config.seed)))
         # Dora starts as a copy (jnp.copy inside jit is a new buffer): the frozen tree must not
         # alias the donated train state.
-        init = jax.jit(lambda p: init_state(jax.tree.map(jnp.copy, p), self.tx, config.seed),
+        init = jax.jit(lambda p: init_state(jax.tree.map(jnp.copy, p), self.tx),
                        out_shardings=self.state_shardings)
         self.state: TrainState = init(init_params)
 

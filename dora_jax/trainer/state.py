@@ -15,7 +15,6 @@ class TrainState:
     step: jax.Array  # int32 scalar: updates applied so far
     params: Any  # Dora's parameters (f32 master copy)
     opt_state: Any
-    rng: jax.Array  # base key; per-step randomness is fold_in(rng, step)
 
 
 def make_optimizer(optim_cfg, num_steps: int) -> optax.GradientTransformation:
@@ -33,6 +32,5 @@ def make_optimizer(optim_cfg, num_steps: int) -> optax.GradientTransformation:
     return optax.chain(*chain)
 
 
-def init_state(params: Any, tx: optax.GradientTransformation, seed: int) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=jax.random.key_data(jax.random.key(seed)))
+def init_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))

@@ -19,7 +19,7 @@ def _run(agg: str, extra_prompt_pad: int):
     model_config = models.ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                                       num_kv_heads=2, head_dim=8)
     tx = make_optimizer(c.optim, 1)
-    state = init_state(models.init_params(model_config, jax.random.key(0)), tx, 0)
+    state = init_state(models.init_params(model_config, jax.random.key(0)), tx)
     batch = RandomRollouts(seed=3, vocab_size=64, prompts=2, group_size=4, prompt_len=6, response_len=N).next_batch(0)
     batch.pop("host_metrics", None)
     # More prompt columns, all padding: the same sequences in a batch whose longest prompt is longer.
