@@ -25,6 +25,8 @@ setuptools.setup(
         "numpy>=1.26,<3",
         "tqdm>=4.66,<5",
         "matplotlib>=3.8,<4",
+        "tensorboardX>=2.6.2,<3",  # TensorBoard event files without TensorFlow
+        "pillow>=9.1,<14",  # figures read back as images for TensorBoard
         "absl-py>=2.1,<3",
         "sympy>=1.12,<2",
     ],

@@ -29,6 +29,7 @@ from dora_jax.models import checkpoint
 from dora_jax.rollout.process import ProcessRollouts
 from dora_jax.rollout.source import InlineRollouts
 from dora_jax.trainer import Trainer
+from dora_jax.writers import MetricWriter
 
 POLICY_DIR = "policy"  # the trained policy, exported as a model checkpoint inside the workdir
 
@@ -104,8 +105,10 @@ def run(config, workdir: str) -> dict:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
         json.dump(summary, f, indent=2)
     figures = os.path.join(workdir, "figures")
-    plots.plot_curves({config.name: records}, figures)
-    plots.plot_eval(summary, figures)
+    pngs = plots.plot_curves({config.name: records}, figures) + plots.plot_eval(summary, figures)
+    with MetricWriter(workdir, enabled=True) as tb:  # the figures beside the run's curves in TensorBoard
+        for png in pngs:
+            tb.image(trainer.step, "figures/" + os.path.basename(png).removesuffix(".png"), png)
     text = report.write_report(workdir, config, summary)
     print(text)
     return summary

@@ -15,6 +15,7 @@ from configs import clipped, distill, indicator, nora_grpo, polyepo
 from dora_jax import objectives, pipeline
 from dora_jax.tasks.countdown import problems as countdown
 from tests import math_world
+from tests.writers_test import read_events
 
 
 def _smoke(module, tmp_path, arg="smoke"):
@@ -42,6 +43,9 @@ def test_indicator_pipeline_writes_the_workdir_and_reuses_the_cache(tmp_path, ca
                 "response_length/mean", "perf/tokens_per_s", "perf/step_s"):
         assert all(key in r for r in records[1:]), key
     assert "eval/accuracy" in records[0] and "eval/accuracy" in records[-1]
+    events = read_events(str(workdir / "tensorboard"))  # the curves and figures, also for TensorBoard
+    assert [s for s, _ in events["eval/accuracy"]] == [r["step"] for r in records if "eval/accuracy" in r]
+    assert [s for s, _ in events["figures/pass_at_k"]] == [4]
     report = (workdir / "report.md").read_text()
     assert "Table 1" in report and "Table 2" in report and "Nora+Ref" in report
 

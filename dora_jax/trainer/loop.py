@@ -9,8 +9,9 @@ can save and restore its position: `next_batch(step) -> dict`, `get_state() -> d
 the batches an uninterrupted one would.
 
 In a multi-process run (`dora_jax.distributed`) every process runs the same loop on a mesh
-spanning all their devices, with the same batches; process 0 writes metrics.jsonl and
-samples.jsonl, and all processes write the orbax checkpoints together.
+spanning all their devices, with the same batches; process 0 writes metrics.jsonl (and the same
+values as TensorBoard events in tensorboard/) and samples.jsonl, and all processes write the orbax
+checkpoints together.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dora_jax import distributed, models, sharding
 from dora_jax.models import ModelConfig, checkpoint
 from dora_jax.trainer.state import TrainState, init_state, make_optimizer
 from dora_jax.trainer.step import BATCH_KEYS, jit_update, make_update
+from dora_jax.writers import MetricWriter
 
 
 class BatchSource(Protocol):
@@ -195,8 +197,10 @@ class Trainer:
     def _train(self, source, start, num_steps, publish, eval_due, evaluate, bar, written) -> None:
         pending = None
         last_time = time.perf_counter()
-        # Every process computes the same metrics; process 0 writes them.
-        with open(self.metrics_path if self.chief else os.devnull, "a") as log:
+        # Every process computes the same metrics; process 0 writes them, also as TensorBoard scalars. Events a
+        # killed run logged after its checkpoint are hidden, as _restore drops those lines of metrics.jsonl.
+        with (open(self.metrics_path if self.chief else os.devnull, "a") as log,
+              MetricWriter(self.workdir, self.chief, purge_step=start + 1 if start else 0) as self._tb):
             if start == 0 and evaluate is not None:
                 self._write(log, written, {"step": 0, **evaluate(self.state.params, 0)})
             if publish is not None:
@@ -233,10 +237,10 @@ class Trainer:
             return True
         return False
 
-    @staticmethod
-    def _write(log, written: list[dict], record: dict) -> None:
+    def _write(self, log, written: list[dict], record: dict) -> None:
         log.write(json.dumps(record) + "\n")
         log.flush()
+        self._tb.scalars(record["step"], {k: v for k, v in record.items() if k != "step"})
         written.append(record)
 
     def _log(self, log, bar, written, step, metrics, tokens, extra, last_time) -> float:
