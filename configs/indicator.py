@@ -14,7 +14,7 @@ Variants: `:smoke` (seconds, for tests), `:beta_sweep` (beta in 0.01, 0.1, 1 wit
         --config.task.eval_data=aime2025.jsonl
 
 Memory per device: `python launch/plan.py --config=configs/indicator.py:math --config.ref_dir=...`
-(README "Real math" lists the figures for 1.5B and 7B models).
+(docs/scaling.md lists the figures for 1.5B and 7B models).
 """
 
 from configs import common, nora_grpo, ref_sft
@@ -37,8 +37,7 @@ def get_config(arg=None):
 
     # Trainer
     c.trainer.num_steps = 60
-    # Past ~0.3 nats Dora's held-out accuracy and validity fall fast (uncapped, seed 0: 1.65 nats
-    # after 60 updates, pass@1 0.022 = 8% of Nora's, 12.5% valid answers; README "Stability").
+    # Past ~0.3 nats Dora's held-out accuracy and validity fall fast (docs/results.md, "Stability").
     c.trainer.stop_kl = 0.3
     if "beta_sweep" in common.variants(arg):
         c.sweep = "objective.beta=0.01,0.1,1"
