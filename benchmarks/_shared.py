@@ -55,7 +55,7 @@ def single_device_trainer(model_dir: str, group_size: int, **model) -> Trainer:
     config.objective.group_size = group_size
     config.mesh.update(data=1, fsdp=1, tensor=1)
     config.trainer.progress = False
-    return Trainer(config, tempfile.mkdtemp(), devices=jax.devices()[:1])
+    return Trainer.from_config(config, tempfile.mkdtemp(), devices=jax.devices()[:1])
 
 
 def timed_update(trainer: Trainer, batch: dict):

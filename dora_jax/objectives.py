@@ -255,7 +255,7 @@ def _finish(pg_loss: jax.Array, logp_BxT: jax.Array, b: LossBatch, hp: Any, deno
 @register_loss("sft", uses=())
 def sft_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
              denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Supervised fine-tuning (builds pi_ref): loss = agg(-lD), the masked negative log-likelihood."""
+    """Supervised fine-tuning (builds pi_ref; docs/design.md §3.2): loss = agg(-lD), the masked NLL."""
     logp_BxT = jnp.asarray(logp_BxT, jnp.float32)
     mask_BxT = jax.lax.stop_gradient(jnp.asarray(batch["mask_BxT"], jnp.float32))
     loss = agg(-logp_BxT, mask_BxT, hp.agg, denoms)
@@ -266,7 +266,7 @@ def sft_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
 @register_loss("grpo", uses=lambda hp: ("ref",) if hp.beta_kl > 0 else ())
 def grpo_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
               denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """GRPO / PPO-clip (docs/design.md §3, trains Nora from ref):
+    """GRPO / PPO-clip (docs/design.md §3.2, trains Nora from ref):
 
     loss = -agg(min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A)) + beta_kl agg(k3).
     At rho = 1 the gradient is -agg(A grad lD) + beta_kl agg(grad k3).
@@ -287,7 +287,7 @@ def grpo_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
 @register_loss("dora_clipped")
 def dora_clipped_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
                       denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Dora, paper Formulation 1 (clipped log-ratio), as a score-function gradient (docs/design.md §3):
+    """Dora, paper Formulation 1 (clipped log-ratio), as a score-function gradient (docs/design.md §3.2):
 
     c_t = sg(min(max(lR_t - lN_t, -delta), u_t)), u_t = lR_t + A / beta (the upper bound wins if u < -delta);
     credit="return" replaces c_t by sum_{t' >= t, masked in} c_t';
@@ -324,7 +324,7 @@ def dora_clipped_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
 @register_loss("dora_indicator")
 def dora_indicator_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
                         denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Dora, paper Formulation 2 (the default), S = E[1(lR - lN > 0) lD C(psi (lR - lN), delta)] (docs/design.md §3):
+    """Dora, paper Formulation 2 (the default), S = E[1(lR - lN > 0) lD C(psi (lR - lN), delta)] (docs/design.md §3.2):
 
     w_t = sg(1(lR_t - lN_t > 0) clip(psi_t (lR_t - lN_t), -delta, delta));
     loss = -agg(w min(rho, clip(rho, 1 - eps_low, 1 + eps_high))), so at rho = 1 the gradient is -agg(w grad lD).
@@ -352,7 +352,7 @@ def dora_indicator_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: An
 @register_loss("dora_contrastive")
 def dora_contrastive_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
                           denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Dora, the authors' released contrastive variant (docs/design.md §3):
+    """Dora, the authors' released contrastive variant (docs/design.md §3.2):
 
     loss = -agg(psi_t (lD_t + sg(lR_t - lN_t))); the released code's psi is hp.psi_form = "ref_weighted"
     (configs/contrastive.py);
@@ -408,7 +408,7 @@ def _subsets(N: int, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def set_advantages(f: Callable[[jax.Array, jax.Array | None, int], jax.Array], rewards_PxN: jax.Array,
                    clusters_PxN: jax.Array | None, n: int) -> jax.Array:
-    """Marginal set advantages (Polychromic Objectives / Poly-EPO, docs/design.md §3):
+    """Marginal set advantages (Polychromic Objectives / Poly-EPO, docs/design.md §3.3):
 
     fbar = mean_S f(S) over all C(N, n) subsets S; A_i = mean_{S containing i} (f(S) - fbar).
     `f([P, C, n] rewards, [P, C, n] clusters or None, n) -> [P, C]` scores all subsets at once.
@@ -468,33 +468,33 @@ def pass_at_k_analytic_advantages(rewards_PxN: jax.Array, k: int) -> jax.Array:
 
 @register_advantage("grpo")
 def _grpo(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: Any) -> jax.Array:
-    """GRPO: (r - mean) / (std + eps) per group."""
+    """GRPO: (r - mean) / (std + eps) per group (docs/design.md §3.3)."""
     del clusters_PxG, hp
     return grpo_advantages(rewards_PxG)
 
 
 @register_advantage("dr_grpo")
 def _dr_grpo(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: Any) -> jax.Array:
-    """Dr.GRPO: r - mean per group, no std division."""
+    """Dr.GRPO: r - mean per group, no std division (docs/design.md §3.3)."""
     del clusters_PxG, hp
     return grpo_advantages(rewards_PxG, norm_by_std=False)
 
 
 @register_advantage("poly_epo")
 def _poly_epo(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: Any) -> jax.Array:
-    """Poly-EPO marginal set advantage, subsets of size hp.set_size, no std normalisation."""
+    """Poly-EPO marginal set advantage, subsets of size hp.set_size, no std normalisation (docs/design.md §3.3)."""
     return set_advantages(poly_epo_score, rewards_PxG, clusters_PxG, hp.set_size)
 
 
 @register_advantage("pass_at_k")
 def _pass_at_k(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: Any) -> jax.Array:
-    """Pass@k marginal set advantage f(S) = max r, subsets of size hp.set_size."""
+    """Pass@k marginal set advantage f(S) = max r, subsets of size hp.set_size (docs/design.md §3.3)."""
     return set_advantages(pass_at_k_score, rewards_PxG, None, hp.set_size)
 
 
 @register_advantage("grpo_diversity")
 def _grpo_diversity(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: Any) -> jax.Array:
-    """GRPO on a diversity-shaped reward: r_i + lambda * r_i / m_i, where m_i counts the group's
+    """GRPO on a diversity-shaped reward (docs/design.md §3.3): r_i + lambda * r_i / m_i, where m_i counts the group's
     rewarded responses in i's cluster (lambda = hp.diversity_bonus; cluster -1 earns no bonus).
 
     A correct response with a strategy no other correct sample used earns the full bonus; the
@@ -511,6 +511,6 @@ def _grpo_diversity(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: 
 
 @register_advantage("pass_at_k_analytic")
 def _pass_at_k_analytic(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: Any) -> jax.Array:
-    """Chen et al. 2025 analytic Pass@k-training advantage with k = hp.k."""
+    """Chen et al. 2025 analytic Pass@k-training advantage with k = hp.k (docs/design.md §3.3)."""
     del clusters_PxG
     return pass_at_k_analytic_advantages(rewards_PxG, hp.k)

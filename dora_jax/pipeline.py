@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import time
+from typing import Any
 
 from absl import flags, logging
 
@@ -39,7 +40,28 @@ def run(config, workdir: str) -> dict:
     if config.sweep:
         return sweep(config, workdir)
     workdir = os.path.abspath(os.path.expanduser(workdir))
-    config = copy.deepcopy(config)
+    config, timing = build_missing_policies(copy.deepcopy(config))
+    task = load_task(config)
+    _write_config(config, workdir)
+
+    start = time.perf_counter()
+    trainer = Trainer.from_config(config, workdir)
+    _check_vocabulary(trainer.model_config.vocab_size, task, config)
+    evaluator = Evaluator(task, trainer.model_config, config)
+    teacher = checkpoint.load_policy(config.dora_dir, config.model).params if config.dora_dir else None
+    source = batch_source(config, task, trainer, evaluator, teacher)
+    trainer.run(source, evaluate=evaluator.quick, eval_every=config.eval.every, desc=f"train {config.name}")
+    _export(trainer, os.path.join(workdir, POLICY_DIR))
+    timing[f"train {config.name}"] = time.perf_counter() - start
+
+    summary = evaluate_run(config, workdir, trainer, evaluator, teacher, timing)
+    if distributed.is_chief():  # in a multi-process run, process 0 writes the files a run has one of
+        write_outputs(config, workdir, trainer.step, summary)
+    return summary
+
+
+def build_missing_policies(config) -> tuple[Any, dict[str, float]]:
+    """`config` with ref_dir / nora_dir / dora_dir set to the cached builds of `config.build`, and their times."""
     # Ref, Nora and Dora must see the same problems, or the SFT / RL / held-out splits would overlap.
     for built in _with_builds(config)[1:]:
         built.task = copy.deepcopy(config.task)
@@ -49,6 +71,11 @@ def run(config, workdir: str) -> dict:
             start = time.perf_counter()
             config[f"{role}_dir"], built = build_policy(config.build[role], config.cache_dir)
             timing[f"build {role}" if built else f"{role} (cached)"] = time.perf_counter() - start
+    return config, timing
+
+
+def load_task(config):
+    """The task of `config.task`; the model's vocabulary defaults to the task tokenizer's."""
     if getattr(TASKS.get(config.task.name), "needs_model_dir", False) and not config.ref_dir:
         raise ValueError(f"config.ref_dir is empty: the {config.task.name} task trains from a local model, it builds "
                          "none. Pass --config.ref_dir=HF_DIR (e.g. a DeepSeek-R1-Distill-Qwen dir) and, for Dora, "
@@ -56,62 +83,82 @@ def run(config, workdir: str) -> dict:
     task = make_task(_with_tokenizer_dir(config.task, config.ref_dir))
     if config.model.vocab_size == 0:
         config.model.vocab_size = task.vocab_size
+    return task
+
+
+def _write_config(config, workdir: str) -> None:
     os.makedirs(workdir, exist_ok=True)
-    chief = distributed.is_chief()  # in a multi-process run, process 0 writes the files a run has one of
-    if chief:
+    if distributed.is_chief():
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
-    start = time.perf_counter()
-    trainer = Trainer(config, workdir)
-    model_vocab = trainer.model_config.vocab_size
+
+def _check_vocabulary(model_vocab: int, task, config) -> None:
     if model_vocab < task.vocab_size or (task.exact_vocab and model_vocab != task.vocab_size):
         raise ValueError(f"the model's vocabulary ({model_vocab}) does not fit the {task.name} tokenizer "
                          f"({task.vocab_size}): ref_dir={config.ref_dir!r} was built for another task or tokenizer; "
                          "point ref_dir / nora_dir (and task.tokenizer_dir) at the same model family, or leave them "
                          "empty on the embedded task to build them.")
-    P, N = task.prompt_len, config.rollout.max_new_tokens
-    evaluator = Evaluator(task, trainer.model_config, config)
-    dora = checkpoint.load_policy(config.dora_dir, config.model).params if config.dora_dir else None  # distillation's teacher
-    if config.objective.loss == "sft":
-        corpus = (distill_corpus(evaluator, task.splits["rl"], dora, trainer.frozen["nora"], config.distill, config.seed)
-                  if dora is not None else task.sft_examples(config.seed))
-        source = SFTBatches(corpus, config.sft.batch_size, config.seed, P, N)
-    elif config.rollout.mode == "inline":
-        source = InlineRollouts(task, trainer.model_config, config, trainer.samples_path,
-                                nora_params=trainer.frozen["nora"] if config.rollout.handover_window else None)
-    elif config.rollout.mode == "process":
-        source = ProcessRollouts(trainer.model_config, config, trainer.samples_path)
-    else:
-        raise ValueError(f"config.rollout.mode={config.rollout.mode!r}: use 'inline' or 'process'.")
-    trainer.run(source, evaluate=evaluator.quick, eval_every=config.eval.every, desc=f"train {config.name}")
-    _export(trainer, os.path.join(workdir, POLICY_DIR))
-    timing[f"train {config.name}"] = time.perf_counter() - start
 
+
+def _sft_batches(config, task, trainer, evaluator, teacher):
+    """SFT on the task's corpus (Ref), or on a teacher's distillation corpus (Nora distilled from Dora)."""
+    corpus = (distill_corpus(evaluator, task.splits["rl"], teacher, trainer.frozen["nora"], config.distill, config.seed)
+              if teacher is not None else task.sft_examples(config.seed))
+    return SFTBatches(corpus, config.sft.batch_size, config.seed, task.prompt_len, config.rollout.max_new_tokens)
+
+
+def _inline_rollouts(config, task, trainer, evaluator, teacher):
+    del evaluator, teacher
+    return InlineRollouts(task, trainer.model_config, config, trainer.samples_path,
+                          nora_params=trainer.frozen["nora"] if config.rollout.handover_window else None)
+
+
+def _process_rollouts(config, task, trainer, evaluator, teacher):
+    del task, evaluator, teacher
+    return ProcessRollouts(trainer.model_config, config, trainer.samples_path)
+
+
+# Batch sources by name: "sft" for the sft loss, otherwise config.rollout.mode.
+BATCH_SOURCES = {"sft": _sft_batches, "inline": _inline_rollouts, "process": _process_rollouts}
+
+
+def batch_source(config, task, trainer: Trainer, evaluator: Evaluator, teacher):
+    """The source of the trainer's batches, chosen by name from BATCH_SOURCES."""
+    name = "sft" if config.objective.loss == "sft" else config.rollout.mode
+    if name not in BATCH_SOURCES:
+        raise ValueError(f"config.rollout.mode={config.rollout.mode!r}: use one of "
+                         f"{', '.join(n for n in BATCH_SOURCES if n != 'sft')}.")
+    return BATCH_SOURCES[name](config, task, trainer, evaluator, teacher)
+
+
+def evaluate_run(config, workdir: str, trainer: Trainer, evaluator: Evaluator, teacher, timing: dict) -> dict:
+    """The final evaluation of the frozen trees, the teacher and the trained policy, with the run's summary."""
     start = time.perf_counter()
     policies = {name: trainer.frozen[name] for name in ("ref", "nora") if config[f"{name}_dir"]}
-    if dora is not None:
-        policies["dora"] = dora
+    if teacher is not None:
+        policies["dora"] = teacher
     policies[config.name] = trainer.state.params
-    summary = summarize(evaluator.final(policies), task, evaluator.rare_only)
+    summary = summarize(evaluator.final(policies), evaluator.task, evaluator.rare_only)
     timing["final evaluation"] = time.perf_counter() - start
     records = plots.read_metrics(workdir)
     critic = {name: _built_critic_score(config[f"{name}_dir"]) for name in policies if name != config.name}
     critic[config.name] = report.critic_score(records) if config.objective.loss != "sft" else None
     summary.update(timing=timing, critic_score=critic, stopped_early=trainer.stopped_early,
                    kl_to_nora=report.last_value(records, "kl/dora_nora_token"))
-    if not chief:
-        return summary
+    return summary
+
+
+def write_outputs(config, workdir: str, step: int, summary: dict) -> None:
+    """eval.json, figures/ (also as TensorBoard images) and report.md, which is printed."""
     with open(os.path.join(workdir, "eval.json"), "w") as f:
         json.dump(summary, f, indent=2)
     figures = os.path.join(workdir, "figures")
-    pngs = plots.plot_curves({config.name: records}, figures) + plots.plot_eval(summary, figures)
+    pngs = plots.plot_curves({config.name: plots.read_metrics(workdir)}, figures) + plots.plot_eval(summary, figures)
     with MetricWriter(workdir, enabled=True) as tb:  # the figures beside the run's curves in TensorBoard
         for png in pngs:
-            tb.image(trainer.step, "figures/" + os.path.basename(png).removesuffix(".png"), png)
-    text = report.write_report(workdir, config, summary)
-    print(text)
-    return summary
+            tb.image(step, "figures/" + os.path.basename(png).removesuffix(".png"), png)
+    print(report.write_report(workdir, config, summary))
 
 
 def quiet_info_logs() -> None:

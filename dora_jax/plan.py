@@ -45,7 +45,6 @@ Assumptions (what the figures mean):
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Any, Mapping, Sequence
@@ -127,13 +126,9 @@ def model_config_of(config) -> ModelConfig:
             model_config = model_config.replace(vocab_size=make_task(config.task).vocab_size)
         return model_config
     path = os.path.expanduser(config.ref_dir)
-    if checkpoint.is_checkpoint(path):
-        with open(os.path.join(path, checkpoint.CONFIG_FILE)) as f:
-            model_config = ModelConfig.from_json_dict(json.load(f))
-    else:
-        model_config = hf.read_config(path, config.model.param_dtype)
-    return model_config.replace(dtype=config.model.dtype, remat=config.model.remat,
-                                unroll_layers=config.model.unroll_layers)
+    model_config = (checkpoint.read_config(path) if checkpoint.is_checkpoint(path)
+                    else hf.read_config(path, config.model.param_dtype))
+    return checkpoint.with_compute(model_config, config.model)
 
 
 def plan(config, mesh: Mapping[str, int] | None = None, prompt_len: int | None = None) -> MemoryPlan:
@@ -331,8 +326,7 @@ def _frozen_dtype(path: str, config) -> str:
     """A frozen tree's storage dtype: a dora_jax checkpoint keeps its own, HF weights load as param_dtype."""
     path = os.path.expanduser(path)
     if path and checkpoint.is_checkpoint(path):
-        with open(os.path.join(path, checkpoint.CONFIG_FILE)) as f:
-            return json.load(f)["param_dtype"]
+        return checkpoint.read_config(path).param_dtype
     return config.model.param_dtype
 
 

@@ -79,9 +79,9 @@ def test_trainer_scalars_equal_metrics_jsonl_across_a_resume(tmp_path):
 
     # Steps 1-3 are logged, the checkpoint is at step 2, step 4 is NaN; the resumed run logs steps 3-5 again.
     with pytest.raises(NonFiniteError):
-        Trainer(c, str(tmp_path), devices=jax.devices()[:1]).run(_PoisonAt(bad_step=3, seed=1, **SHAPE),
+        Trainer.from_config(c, str(tmp_path), devices=jax.devices()[:1]).run(_PoisonAt(bad_step=3, seed=1, **SHAPE),
                                                                  evaluate=evaluate, eval_every=2)
-    Trainer(c, str(tmp_path), devices=jax.devices()[:1]).run(RandomRollouts(seed=1, **SHAPE), evaluate=evaluate,
+    Trainer.from_config(c, str(tmp_path), devices=jax.devices()[:1]).run(RandomRollouts(seed=1, **SHAPE), evaluate=evaluate,
                                                              eval_every=2)
 
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]

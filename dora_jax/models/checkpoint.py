@@ -38,6 +38,17 @@ def is_checkpoint(path: str) -> bool:
     return os.path.exists(os.path.join(path, CONFIG_FILE))
 
 
+def read_config(ckpt_dir: str) -> ModelConfig:
+    """The model config a checkpoint was saved with (no weights read)."""
+    with open(os.path.join(ckpt_dir, CONFIG_FILE)) as f:
+        return ModelConfig.from_json_dict(json.load(f))
+
+
+def with_compute(config: ModelConfig, model) -> ModelConfig:
+    """`config` with the compute dtype and layer options of `model` (the config's model section)."""
+    return config.replace(dtype=model.dtype, remat=model.remat, unroll_layers=model.unroll_layers)
+
+
 def load(ckpt_dir: str, shardings=None) -> LM:
     """Restores an `LM`; `shardings` (a tree of `jax.sharding.Sharding`) places the params directly."""
     ckpt_dir = os.path.abspath(ckpt_dir)
@@ -45,8 +56,7 @@ def load(ckpt_dir: str, shardings=None) -> LM:
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"{cfg_path}: missing; {ckpt_dir} is not a dora_jax model checkpoint "
                                 "(for a Hugging Face directory use dora_jax.models.hf.load).")
-    with open(cfg_path) as f:
-        config = ModelConfig.from_json_dict(json.load(f))
+    config = read_config(ckpt_dir)
     target = param_shapes(config)
     if shardings is not None:
         target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), target, shardings)
@@ -58,5 +68,5 @@ def load(ckpt_dir: str, shardings=None) -> LM:
 def load_policy(path: str, model) -> LM:
     """A dora_jax checkpoint or HF directory, with the compute dtype and layer options of `model` (config.model)."""
     lm = load(path) if is_checkpoint(path) else hf.load(path, dtype=model.param_dtype)
-    lm.config = lm.config.replace(dtype=model.dtype, remat=model.remat, unroll_layers=model.unroll_layers)
+    lm.config = with_compute(lm.config, model)
     return lm

@@ -1,6 +1,6 @@
 """The trainer: three parameter trees on a mesh, the jitted update, checkpoints, metrics.
 
-    trainer = Trainer(config, workdir)      # restores the newest checkpoint in workdir if any
+    trainer = Trainer.from_config(config, workdir)   # restores the newest checkpoint in workdir if any
     trainer.run(batch_source)               # until config.trainer.num_steps
 
 A batch source produces rollout batches (see `dora_jax.trainer.step` for the fields) and
@@ -16,15 +16,17 @@ checkpoints together.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import tqdm
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -48,67 +50,110 @@ class NonFiniteError(FloatingPointError):
     """A metric became NaN/Inf; training stopped without saving the bad state."""
 
 
-class Trainer:
-    """Holds ref and Nora (frozen) and Dora's train state, all laid out on one mesh."""
+StopRule = Callable[[dict], "str | None"]  # a metrics record -> why training must stop (None: train on)
 
-    def __init__(self, config, workdir: str, devices=None):
-        """`devices`: the run's devices (default: every process's); those of the sampler
-        (config.rollout.sampler_devices) are left out of the learner's mesh."""
-        self.config = config
+
+def kl_cap(cap: float, metric: str = "kl/dora_nora_token") -> StopRule:
+    """Stops once `metric` (KL(Dora || Nora) per token) exceeds `cap` nats: Dora far from Nora stops being a
+    useful explorer (she forgets the task itself)."""
+
+    def rule(record: dict) -> str | None:
+        kl = record.get(metric)
+        if kl is None or kl <= cap:
+            return None
+        return (f"KL(Dora || Nora) = {kl:.3f} nats per token at step {record['step']} exceeded "
+                f"config.trainer.stop_kl = {cap} (rerun with a higher cap, or 0, to train on).")
+
+    return rule
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopOptions:
+    """How the loop runs, not what it computes (config.trainer and the exported dtype)."""
+
+    num_steps: int
+    checkpoint_every: int
+    keep_checkpoints: int = 2
+    progress: bool = True
+    export_dtype: str = "float32"  # parameter dtype of exported policies
+
+
+@dataclasses.dataclass
+class _Pending:
+    """An update whose metrics are still on the device (read after the next update is dispatched)."""
+
+    step: int
+    metrics: dict
+    tokens: int
+    extra: dict
+
+
+class Trainer:
+    """Holds the frozen trees (ref, Nora) and the trained policy's state, all laid out on one mesh.
+
+    It is built from components; `Trainer.from_config(config, workdir)` builds them from a config.
+    """
+
+    def __init__(self, model_config: ModelConfig, frozen: dict[str, Any], init_params: Any,
+                 tx: optax.GradientTransformation, update: Callable, mesh: jax.sharding.Mesh, rules, workdir: str,
+                 options: LoopOptions, stop_rules: Sequence[StopRule] = ()):
+        """`frozen`: {"ref": params, "nora": params} (host or device trees; the same object twice is held once);
+        `init_params`: the policy's initial parameters (may be one of the frozen trees); `update`: the pure
+        `update(state, frozen, batch) -> (state, metrics)` of `trainer.step.make_update`, jitted here."""
+        self.model_config, self.tx, self.mesh, self.options = model_config, tx, mesh, options
+        self.rules = tuple(tuple(r) for r in rules)
+        self.stop_rules = tuple(stop_rules)
         self.workdir = os.path.abspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
         self.chief = distributed.is_chief()
-        self.mesh = sharding.make_mesh(config.mesh, sharding.split_devices(config, devices)[0])
-        self.rules = tuple(tuple(r) for r in config.mesh.rules)
-
-        if config.ref_dir:
-            ref = checkpoint.load_policy(config.ref_dir, config.model)
-            nora = checkpoint.load_policy(config.nora_dir, config.model) if config.nora_dir else ref
-            self.model_config = ref.config
-            ref_params, nora_params = ref.params, nora.params
-        else:  # random trees: tests and benchmarks
-            self.model_config = ModelConfig(**config.model)
-            ref_params = models.init_params(self.model_config, jax.random.key(config.seed + 1))
-            nora_params = models.init_params(self.model_config, jax.random.key(config.seed + 2))
-
-        boxed = models.lm.boxed_shapes(self.model_config)
-        self.param_shardings = sharding.tree_shardings(boxed, self.mesh, self.rules)
-        # Through the host: a process can put only a host value (its own identical copy) onto a
-        # mesh that spans other processes' devices.
-        def on_mesh(params):
-            return jax.device_put(jax.device_get(params), self.param_shardings)
-
-        ref_on_mesh = on_mesh(ref_params)
-        # Without a nora_dir Nora is ref: the same buffers, not a second copy (neither is ever donated).
-        self.frozen = {"ref": ref_on_mesh, "nora": ref_on_mesh if nora_params is ref_params else on_mesh(nora_params)}
-        self.tx = make_optimizer(config.optim, config.trainer.num_steps)
-        abstract_state = jax.eval_shape(lambda p: init_state(p, self.tx), boxed)
-        self.state_shardings = sharding.tree_shardings(abstract_state, self.mesh, self.rules)
-        if config.dora_init not in ("nora", "ref", "random"):
-            raise ValueError(f"config.dora_init={config.dora_init!r}: use 'nora', 'ref' or 'random'.")
-        init_params = self.frozen.get(config.dora_init) or on_mesh(
-            models.init_params(self.model_config, jax.random.key(config.seed)))
-        # Dora starts as a copy (jnp.copy inside jit is a new buffer): the frozen tree must not
+        boxed = models.lm.boxed_shapes(model_config)
+        self.param_shardings = sharding.tree_shardings(boxed, mesh, self.rules)
+        self.frozen = self._place(frozen)
+        self.state_shardings = sharding.tree_shardings(jax.eval_shape(lambda p: init_state(p, tx), boxed), mesh,
+                                                       self.rules)
+        # The policy starts as a copy (jnp.copy inside jit is a new buffer): a frozen tree must not
         # alias the donated train state.
-        init = jax.jit(lambda p: init_state(jax.tree.map(jnp.copy, p), self.tx),
-                       out_shardings=self.state_shardings)
-        self.state: TrainState = init(init_params)
-
-        self.batch_shardings = {k: sharding.batch_sharding(self.mesh, self.rules, 2 if k.endswith("BxT") else 1)
+        placed = next((self.frozen[k] for k in frozen if frozen[k] is init_params), None)
+        init = jax.jit(lambda p: init_state(jax.tree.map(jnp.copy, p), tx), out_shardings=self.state_shardings)
+        self.state: TrainState = init(placed if placed is not None else self._place({"init": init_params})["init"])
+        self.batch_shardings = {k: sharding.batch_sharding(mesh, self.rules, 2 if k.endswith("BxT") else 1)
                                 for k in BATCH_KEYS}
-        update = make_update(self.model_config, config.objective, self.tx, temperature=config.rollout.temperature,
-                             grad_accum=config.optim.grad_accum, response_budget=config.rollout.max_new_tokens)
-        self.update = jit_update(update, self.state_shardings, {"ref": self.param_shardings, "nora": self.param_shardings},
-                                 self.batch_shardings, metrics_sharding=NamedSharding(self.mesh, P()))
+        self.update = jit_update(update, self.state_shardings, {k: self.param_shardings for k in self.frozen},
+                                 self.batch_shardings, metrics_sharding=NamedSharding(mesh, P()))
         self.ckpt = ocp.CheckpointManager(
             os.path.join(self.workdir, "checkpoints"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=config.trainer.keep_checkpoints, create=True))
+            options=ocp.CheckpointManagerOptions(max_to_keep=options.keep_checkpoints, create=True))
         self.metrics_path = os.path.join(self.workdir, "metrics.jsonl")
         self.samples_path = os.path.join(self.workdir, "samples.jsonl")
         self._source_state: dict | None = None
         self.stopped_early: str | None = None  # why training stopped before num_steps (kept in checkpoints)
-        self.stopped_kl: float | None = None  # the KL that tripped trainer.stop_kl
+        self._stop_record: dict | None = None  # the metrics record that tripped a stop rule
         self._restore()
+
+    @classmethod
+    def from_config(cls, config, workdir: str, devices=None) -> "Trainer":
+        """The trainer `config` describes. `devices`: the run's devices (default: every process's); those of
+        the sampler (config.rollout.sampler_devices) are left out of the learner's mesh."""
+        model_config, frozen, init_params = initial_trees(config)
+        tx = make_optimizer(config.optim, config.trainer.num_steps)
+        update = make_update(model_config, config.objective, tx, temperature=config.rollout.temperature,
+                             grad_accum=config.optim.grad_accum, response_budget=config.rollout.max_new_tokens)
+        mesh = sharding.make_mesh(config.mesh, sharding.split_devices(config, devices)[0])
+        t = config.trainer
+        options = LoopOptions(num_steps=t.num_steps, checkpoint_every=t.checkpoint_every,
+                              keep_checkpoints=t.keep_checkpoints, progress=t.progress,
+                              export_dtype=config.model.param_dtype)
+        return cls(model_config, frozen, init_params, tx, update, mesh, config.mesh.rules, workdir, options,
+                   stop_rules=[kl_cap(t.stop_kl)] if t.stop_kl else [])
+
+    def _place(self, trees: dict[str, Any]) -> dict[str, Any]:
+        """`trees` on the mesh. Through the host: a process can put only a host value (its own identical
+        copy) onto a mesh that spans other processes' devices. A tree given twice is placed once."""
+        placed: dict[int, Any] = {}
+        for tree in trees.values():
+            if id(tree) not in placed:
+                placed[id(tree)] = jax.device_put(jax.device_get(tree), self.param_shardings)
+        return {name: placed[id(tree)] for name, tree in trees.items()}
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -135,74 +180,72 @@ class Trainer:
                 "a run with a different model or optimizer config; use a new --workdir or the original config.") from e
         self.state = restored["state"]
         self._source_state = restored["meta"].get("source")
-        stopped = restored["meta"].get("stopped_early")
-        # A stop is kept only while the cap that caused it still applies (stop_kl = 0 or a higher cap trains on).
-        cap = self.config.trainer.get("stop_kl", 0.0)
-        if stopped and cap and cap <= restored["meta"].get("stopped_kl", cap):
-            self.stopped_early, self.stopped_kl = stopped, restored["meta"]["stopped_kl"]
+        # A stop is kept only while a rule still fires on the record that caused it (a higher cap, or none, trains on).
+        record = restored["meta"].get("stop_record")
+        if record is not None and self._stop_reason(record):
+            self.stopped_early, self._stop_record = restored["meta"]["stopped_early"], record
         for path in (self.metrics_path, self.samples_path) if self.chief else ():
             _truncate_jsonl(path, latest)
         print(f"Resumed from {self.workdir}/checkpoints at step {latest}.")
 
     def save(self, source: BatchSource | None) -> None:
         meta = {"step": self.step, "source": source.get_state() if source is not None else None,
-                "stopped_early": self.stopped_early, "stopped_kl": self.stopped_kl}
+                "stopped_early": self.stopped_early, "stop_record": self._stop_record}
         self.ckpt.save(self.step, args=ocp.args.Composite(state=ocp.args.StandardSave(self.state),
                                                           meta=ocp.args.JsonSave(meta)), force=True)
         self.ckpt.wait_until_finished()
 
     def export(self, out_dir: str) -> None:
-        """Writes Dora's current parameters as a dora_jax model checkpoint (loadable as ref_dir / nora_dir).
+        """Writes the policy's current parameters as a dora_jax model checkpoint (loadable as ref_dir / nora_dir).
 
         Every process of a multi-process run calls it: the parameters are gathered from all of them.
         """
-        saved_config = self.model_config.replace(dtype=self.config.model.param_dtype, remat=False, unroll_layers=False)
+        saved_config = self.model_config.replace(dtype=self.options.export_dtype, remat=False, unroll_layers=False)
         checkpoint.save(out_dir, saved_config, distributed.to_host(self.state.params))
 
     # ------------------------------------------------------------------ training
     def run(self, source: BatchSource, num_steps: int | None = None,
             evaluate: Callable[[Any, int], dict[str, float]] | None = None, eval_every: int = 0,
             desc: str = "train") -> list[dict]:
-        """Trains until `num_steps` (default config.trainer.num_steps); returns the metrics written.
+        """Trains until `num_steps` (default options.num_steps); returns the metrics written.
 
         `evaluate(params, step) -> {"eval/...": value}` runs on the initial parameters, every
         `eval_every` updates and after the last one; its values join that step's metrics line.
         """
-        num_steps = num_steps or self.config.trainer.num_steps
+        num_steps = num_steps or self.options.num_steps
         if self._source_state is not None:
             source.set_state(self._source_state)
             self._source_state = None
-        publish = getattr(source, "publish", None)
-        start = self.step
         if self.stopped_early:
             print(f"Not training further: {self.stopped_early}")
             return []
-        written: list[dict] = []
-        bar = tqdm.tqdm(total=num_steps, initial=start, desc=desc, unit="step",
-                        disable=not (self.config.trainer.progress and self.chief), dynamic_ncols=True)
+        self._written: list[dict] = []
+        self._bar = tqdm.tqdm(total=num_steps, initial=self.step, desc=desc, unit="step",
+                              disable=not (self.options.progress and self.chief), dynamic_ncols=True)
 
         def eval_due(step: int) -> dict:
             due = evaluate is not None and (step == num_steps or (eval_every and step % eval_every == 0))
             return evaluate(self.state.params, step) if due else {}
 
         try:
-            self._train(source, start, num_steps, publish, eval_due, evaluate, bar, written)
+            self._train(source, num_steps, eval_due, evaluate)
         finally:
-            bar.close()
+            self._bar.close()
             close = getattr(source, "close", None)
             if close is not None:
                 close()
-        return written
+        return self._written
 
-    def _train(self, source, start, num_steps, publish, eval_due, evaluate, bar, written) -> None:
-        pending = None
-        last_time = time.perf_counter()
+    def _train(self, source: BatchSource, num_steps: int, eval_due: Callable, evaluate: Callable | None) -> None:
+        start, pending = self.step, None
+        publish = getattr(source, "publish", None)
+        self._last_time = time.perf_counter()
         # Every process computes the same metrics; process 0 writes them, also as TensorBoard scalars. Events a
         # killed run logged after its checkpoint are hidden, as _restore drops those lines of metrics.jsonl.
-        with (open(self.metrics_path if self.chief else os.devnull, "a") as log,
+        with (open(self.metrics_path if self.chief else os.devnull, "a") as self._log_file,
               MetricWriter(self.workdir, self.chief, purge_step=start + 1 if start else 0) as self._tb):
             if start == 0 and evaluate is not None:
-                self._write(log, written, {"step": 0, **evaluate(self.state.params, 0)})
+                self._write({"step": 0, **evaluate(self.state.params, 0)})
             if publish is not None:
                 publish(self.state.params, start)
             for step in range(start, num_steps):
@@ -215,56 +258,77 @@ class Trainer:
                     publish(self.state.params, step + 1)
                 # Read step t-1's metrics only after step t is dispatched: host and device overlap.
                 if pending is not None:
-                    last_time = self._log(log, bar, written, *pending, last_time)
-                pending = (step + 1, metrics, tokens, {**host_metrics, **eval_due(step + 1)})
-                stop = self._check_stop(written[-1] if written else {})
-                if stop or (step + 1) % self.config.trainer.checkpoint_every == 0 or step + 1 == num_steps:
-                    last_time = self._log(log, bar, written, *pending, last_time)
+                    self._log(pending)
+                pending = _Pending(step + 1, metrics, tokens, {**host_metrics, **eval_due(step + 1)})
+                stop = self._check_stop(self._written[-1] if self._written else {})
+                if stop or (step + 1) % self.options.checkpoint_every == 0 or step + 1 == num_steps:
+                    self._log(pending)
                     pending = None
                     self.save(source)
                 if stop:
                     tqdm.tqdm.write(self.stopped_early)
                     break
 
+    def _stop_reason(self, record: dict) -> str | None:
+        return next((reason for rule in self.stop_rules if (reason := rule(record))), None)
+
     def _check_stop(self, record: dict) -> bool:
-        """The KL cap: Dora far from Nora stops being a useful explorer (it forgets the task itself)."""
-        cap = self.config.trainer.get("stop_kl", 0.0)
-        kl = record.get("kl/dora_nora_token")
-        if cap and kl is not None and kl > cap and self.stopped_early is None:
-            self.stopped_kl = kl
-            self.stopped_early = (f"stopped at step {self.step}: KL(Dora || Nora) = {kl:.3f} nats per token at step "
-                                  f"{record['step']} exceeded config.trainer.stop_kl = {cap} (rerun with a higher cap, or 0, to train on).")
-            return True
-        return False
+        """Whether a stop rule fires on `record`; the first time one does, training stops after this update."""
+        reason = self._stop_reason(record) if record and self.stopped_early is None else None
+        if reason:
+            self.stopped_early, self._stop_record = f"stopped at step {self.step}: {reason}", record
+        return bool(reason)
 
-    def _write(self, log, written: list[dict], record: dict) -> None:
-        log.write(json.dumps(record) + "\n")
-        log.flush()
+    def _write(self, record: dict) -> None:
+        self._log_file.write(json.dumps(record) + "\n")
+        self._log_file.flush()
         self._tb.scalars(record["step"], {k: v for k, v in record.items() if k != "step"})
-        written.append(record)
+        self._written.append(record)
 
-    def _log(self, log, bar, written, step, metrics, tokens, extra, last_time) -> float:
-        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    def _log(self, pending: _Pending) -> None:
+        """Writes an update's metrics line (checked for NaN/Inf) and moves the progress bar."""
+        values = {k: float(v) for k, v in jax.device_get(pending.metrics).items()}
         bad = [k for k, v in values.items() if not math.isfinite(v)]
         if bad:
             latest = self.ckpt.latest_step()
             kept = (f"the last good checkpoint (step {latest}) in {self.workdir}/checkpoints is kept"
                     if latest is not None else "no checkpoint had been written yet")
             raise NonFiniteError(
-                f"step {step}: metric {bad[0]!r} is {values[bad[0]]} (non-finite: {', '.join(sorted(bad))}). Training "
-                f"stopped before saving this state; {kept}. Check the batch at step {step} for NaN/Inf (rewards, "
-                f"behaviour log-probs) and lower config.optim.lr={self.config.optim.lr} if the loss diverged.")
+                f"step {pending.step}: metric {bad[0]!r} is {values[bad[0]]} (non-finite: {', '.join(sorted(bad))}). "
+                f"Training stopped before saving this state; {kept}. Check the batch at step {pending.step} for "
+                "NaN/Inf (rewards, behaviour log-probs) and lower config.optim.lr if the loss diverged.")
         now = time.perf_counter()
-        values["perf/step_s"] = now - last_time
-        values["perf/tokens_per_s"] = tokens / max(now - last_time, 1e-9)
-        values.update(extra)
-        self._write(log, written, {"step": step, **dict(sorted(values.items()))})
-        bar.update(step - bar.n)
-        postfix = {"loss": f"{values['loss']:.4f}", "reward": f"{values['reward/mean']:.3f}"}
-        if "eval/accuracy" in values:
-            postfix["eval"] = f"{values['eval/accuracy']:.3f}"
-        bar.set_postfix(postfix)
-        return now
+        values["perf/step_s"] = now - self._last_time
+        values["perf/tokens_per_s"] = pending.tokens / max(now - self._last_time, 1e-9)
+        self._last_time = now
+        values.update(pending.extra)
+        self._write({"step": pending.step, **dict(sorted(values.items()))})
+        self._bar.update(pending.step - self._bar.n)
+        postfix = {name: f"{values[key]:.{digits}f}" for name, key, digits in
+                   (("loss", "loss", 4), ("reward", "reward/mean", 3), ("eval", "eval/accuracy", 3)) if key in values}
+        self._bar.set_postfix(postfix)
+
+
+def initial_trees(config) -> tuple[ModelConfig, dict[str, Any], Any]:
+    """(model config, {"ref": params, "nora": params}, the policy's initial params) of `config`.
+
+    ref_dir / nora_dir are loaded (no nora_dir: Nora is ref, the same object); without a ref_dir the trees
+    are random (tests and benchmarks). `config.dora_init` picks the policy's start: "nora", "ref" or "random".
+    """
+    if config.dora_init not in ("nora", "ref", "random"):
+        raise ValueError(f"config.dora_init={config.dora_init!r}: use 'nora', 'ref' or 'random'.")
+    if config.ref_dir:
+        ref = checkpoint.load_policy(config.ref_dir, config.model)
+        nora = checkpoint.load_policy(config.nora_dir, config.model) if config.nora_dir else ref
+        model_config, frozen = ref.config, {"ref": ref.params, "nora": nora.params}
+    else:
+        model_config = ModelConfig(**config.model)
+        frozen = {"ref": models.init_params(model_config, jax.random.key(config.seed + 1)),
+                  "nora": models.init_params(model_config, jax.random.key(config.seed + 2))}
+    init = frozen.get(config.dora_init)
+    if init is None:
+        init = models.init_params(model_config, jax.random.key(config.seed))
+    return model_config, frozen, init
 
 
 def _truncate_jsonl(path: str, step: int) -> None:

@@ -49,7 +49,7 @@ class Recorder:
 
 
 def _run(config, workdir, mode):
-    trainer = Trainer(config, str(workdir), devices=jax.devices()[:1])
+    trainer = Trainer.from_config(config, str(workdir), devices=jax.devices()[:1])
     task = make_task(config.task)
     source = (InlineRollouts(task, trainer.model_config, config) if mode == "inline"
               else ProcessRollouts(trainer.model_config, config))
@@ -78,13 +78,13 @@ def test_process_mode_equals_inline_mode_at_zero_staleness(tmp_path):
 def test_killed_sampler_fails_fast_and_keeps_the_checkpoint(tmp_path):
     config = _config(num_steps=6, checkpoint_every=2)
     config.rollout.mode = "process"
-    trainer = Trainer(config, str(tmp_path), devices=jax.devices()[:1])
+    trainer = Trainer.from_config(config, str(tmp_path), devices=jax.devices()[:1])
     source = Recorder(ProcessRollouts(trainer.model_config, config), kill_after=3)
     with pytest.raises(SamplerDiedError, match="SIGKILL"):
         trainer.run(source)
     assert time.monotonic() - source.killed_at < 30
     assert source.source.process is None  # closed: no orphan left behind
-    resumed = Trainer(config, str(tmp_path), devices=jax.devices()[:1])
+    resumed = Trainer.from_config(config, str(tmp_path), devices=jax.devices()[:1])
     assert resumed.step == 2
     steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
     assert steps == [1, 2]
@@ -112,7 +112,7 @@ def test_staleness_must_cover_the_sync_interval():
 def test_sync_every_pushes_parameters_every_other_update(tmp_path):
     config = _config(num_steps=4)
     config.rollout.update(sync_every=2, max_staleness=1)
-    trainer = Trainer(config, str(tmp_path), devices=jax.devices()[:1])
+    trainer = Trainer.from_config(config, str(tmp_path), devices=jax.devices()[:1])
     records = trainer.run(ProcessRollouts(trainer.model_config, config))
     # Versions 0, 2, 4 are pushed; batch n waits for a version >= n - 1, so staleness alternates.
     assert [r["rollout/staleness"] for r in records] == [0, 1, 0, 1]

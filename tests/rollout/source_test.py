@@ -40,7 +40,7 @@ class _Recorder(InlineRollouts):
 
 
 def _run(config, devices, workdir):
-    trainer = Trainer(config, str(workdir), devices=devices)
+    trainer = Trainer.from_config(config, str(workdir), devices=devices)
     source = _Recorder(make_task(config.task), trainer.model_config, config, devices=devices)
     records = trainer.run(source)
     learner = {d for x in jax.tree.leaves(trainer.state.params) for d in x.devices()}

@@ -15,7 +15,9 @@ from jax.sharding import PartitionSpec as P
 
 from configs import common
 from dora_jax.testing import RandomRollouts
-from dora_jax.trainer import NonFiniteError, Trainer
+from dora_jax import sharding
+from dora_jax.trainer import NonFiniteError, Trainer, make_optimizer, make_update
+from dora_jax.trainer.loop import LoopOptions, initial_trees
 from dora_jax.trainer.step import CPU_UPDATE_OPTIONS_KNOWN
 
 SHAPE = dict(vocab_size=64, prompts=4, group_size=4, prompt_len=6, response_len=8)
@@ -34,7 +36,7 @@ def smoke_config(**trainer):
 
 def _one_update(config, devices, workdir, loss="dora_indicator"):
     config.objective.loss = loss
-    trainer = Trainer(config, workdir, devices=devices)
+    trainer = Trainer.from_config(config, workdir, devices=devices)
     batch = RandomRollouts(seed=3, **SHAPE).next_batch(0)
     state, metrics = trainer.update(trainer.state, trainer.frozen, batch)
     return trainer, jax.device_get(state.params), jax.device_get(metrics)
@@ -91,7 +93,7 @@ _CHILD = textwrap.dedent("""
     from dora_jax.trainer import Trainer
     c = smoke_config(num_steps=8, checkpoint_every=4)
     c.mesh.update(data=2)
-    Trainer(c, sys.argv[1]).run(RandomRollouts(seed=5, **SHAPE))
+    Trainer.from_config(c, sys.argv[1]).run(RandomRollouts(seed=5, **SHAPE))
 """)
 
 
@@ -142,10 +144,10 @@ class _PoisonAt(RandomRollouts):
 def test_nan_stops_with_step_and_metric_and_keeps_checkpoint(tmp_path):
     c = smoke_config(num_steps=6, checkpoint_every=2)
     c.mesh.update(data=1)
-    trainer = Trainer(c, str(tmp_path), devices=jax.devices()[:1])
+    trainer = Trainer.from_config(c, str(tmp_path), devices=jax.devices()[:1])
     with pytest.raises(NonFiniteError, match=r"step 4: metric '[\w/]+' is nan.*last good checkpoint \(step 2\)"):
         trainer.run(_PoisonAt(bad_step=3, seed=1, **SHAPE))
-    again = Trainer(c, str(tmp_path), devices=jax.devices()[:1])
+    again = Trainer.from_config(c, str(tmp_path), devices=jax.devices()[:1])
     assert again.step == 2
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(again.state.params))
 
@@ -163,10 +165,34 @@ def test_truncate_drops_lines_after_the_checkpoint_and_a_cut_off_last_line(tmp_p
 @pytest.mark.skipif(not CPU_UPDATE_OPTIONS_KNOWN, reason="this jaxlib does not know the CPU dot options")
 def test_cpu_update_turns_off_dot_library_fusions(tmp_path):
     """The update turns off XLA's YNNPACK dot fusions for itself only (step.CPU_UPDATE_OPTIONS)."""
-    trainer = Trainer(smoke_config(), str(tmp_path), devices=jax.devices()[:1])
+    trainer = Trainer.from_config(smoke_config(), str(tmp_path), devices=jax.devices()[:1])
     batch = RandomRollouts(seed=3, **SHAPE).next_batch(0)
     update_hlo = trainer.update.lower(trainer.state, trainer.frozen, batch).compile().as_text()
     plain_hlo = jax.jit(lambda a, b: a @ b).lower(np.ones((64, 64), np.float32), np.ones((64, 64), np.float32)) \
         .compile().as_text()
     assert "ynn_fusion" in plain_hlo, "jaxlib no longer fuses dots with YNNPACK by default; drop CPU_UPDATE_OPTIONS"
     assert "ynn_fusion" not in update_hlo
+
+
+def _trainer_from_components(c, workdir, stop_rules):
+    model_config, frozen, init = initial_trees(c)
+    tx = make_optimizer(c.optim, c.trainer.num_steps)
+    update = make_update(model_config, c.objective, tx, temperature=1.0, grad_accum=1,
+                         response_budget=SHAPE["response_len"])
+    mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
+    options = LoopOptions(num_steps=c.trainer.num_steps, checkpoint_every=100, progress=False)
+    return Trainer(model_config, frozen, init, tx, update, mesh, c.mesh.rules, workdir, options, stop_rules)
+
+
+def test_stop_rules_stop_and_a_resume_keeps_the_stop_while_its_rule_fires(tmp_path):
+    c = smoke_config(num_steps=6)
+    reached = lambda record: "step 3 reached" if record.get("step", 0) >= 3 else None  # noqa: E731
+    trainer = _trainer_from_components(c, str(tmp_path), [reached])
+    trainer.run(RandomRollouts(seed=5, **SHAPE))
+    # The rule reads the newest metrics written, those of the update before the one just dispatched.
+    assert trainer.step == 4 and trainer.stopped_early == "stopped at step 4: step 3 reached"
+    again = _trainer_from_components(c, str(tmp_path), [reached])
+    assert again.run(RandomRollouts(seed=5, **SHAPE)) == [] and again.step == 4
+    freed = _trainer_from_components(c, str(tmp_path), [])  # no rule fires any more: it trains on
+    freed.run(RandomRollouts(seed=5, **SHAPE))
+    assert freed.step == 6 and freed.stopped_early is None

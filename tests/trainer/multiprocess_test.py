@@ -54,7 +54,7 @@ def train(workdir: str) -> None:
     """What `pipeline.run` does for training, on every process of the run."""
     c = config()
     jax.config.update("jax_numpy_rank_promotion", "raise")
-    trainer = Trainer(c, workdir)
+    trainer = Trainer.from_config(c, workdir)
     task = make_task(c.task)
     source = InlineRollouts(task, trainer.model_config, c, trainer.samples_path)
     trainer.run(source, evaluate=Evaluator(task, trainer.model_config, c).quick, eval_every=c.eval.every)
