@@ -9,7 +9,7 @@ math, evaluate on any AIME-format file:
     python launch/eval.py --config=configs/indicator.py:math --config.task.eval_data=aime2025.jsonl \
         --policy=nora=NORA_HF_DIR --policy=dora=runs/indicator_math/policy --out=runs/eval_aime
 
-Writes OUT/eval.json, OUT/passk.md (pass@k for every k up to config.eval.samples, per policy and
+Writes OUT/eval.json, OUT/passk.md (pass@k for k = 1, 2, 4, ... up to config.eval.samples, per policy and
 per pair mixed k/2 + k/2) and OUT/figures/{pass_at_k,strategies}.png, and prints the table.
 """
 
