@@ -232,13 +232,13 @@ def _finish(pg_loss: jax.Array, logp_BxT: jax.Array, b: LossBatch, hp: Any, deno
     pg_loss and loss use the configured aggregation (they are the loss terms); every other
     metric is a token-mean. All use the global denominators, so they sum over micro-batches.
     The k3 term and its kl_ref metric need ref's log-probs: without them (a loss that reads no
-    ref and beta_kl = 0) neither exists.
+    ref and beta_kl = 0) neither exists; beta_kl > 0 without them raises (LossBatch).
     """
     mask_BxT = b["mask_BxT"]
     mode = hp.agg
     loss = pg_loss
     metrics = {**metrics, "pg_loss": pg_loss}
-    if "logp_ref_BxT" in b:
+    if hp.beta_kl or "logp_ref_BxT" in b:
         k3_BxT = _k3(logp_BxT, b["logp_ref_BxT"], mask_BxT)
         loss = loss + hp.beta_kl * agg(k3_BxT, mask_BxT, mode, denoms)
         metrics["kl_ref"] = _token_mean(k3_BxT, mask_BxT, denoms)

@@ -54,9 +54,10 @@ def run(config, workdir: str) -> dict:
     _export(trainer, os.path.join(workdir, POLICY_DIR))
     timing[f"train {config.name}"] = time.perf_counter() - start
 
-    summary = evaluate_run(config, workdir, trainer, evaluator, teacher, timing)
+    records = plots.read_metrics(workdir)
+    summary = evaluate_run(config, trainer, evaluator, teacher, records, timing)
     if distributed.is_chief():  # in a multi-process run, process 0 writes the files a run has one of
-        write_outputs(config, workdir, trainer.step, summary)
+        write_outputs(config, workdir, trainer.step, summary, records)
     return summary
 
 
@@ -132,8 +133,10 @@ def batch_source(config, task, trainer: Trainer, evaluator: Evaluator, teacher):
     return BATCH_SOURCES[name](config, task, trainer, evaluator, teacher)
 
 
-def evaluate_run(config, workdir: str, trainer: Trainer, evaluator: Evaluator, teacher, timing: dict) -> dict:
-    """The final evaluation of the frozen trees, the teacher and the trained policy, with the run's summary."""
+def evaluate_run(config, trainer: Trainer, evaluator: Evaluator, teacher, records: list[dict],
+                 timing: dict) -> dict:
+    """The final evaluation of the frozen trees, the teacher and the trained policy, with the run's summary
+    (`records`: the run's metrics.jsonl)."""
     start = time.perf_counter()
     policies = {name: trainer.frozen[name] for name in ("ref", "nora") if config[f"{name}_dir"]}
     if teacher is not None:
@@ -141,7 +144,6 @@ def evaluate_run(config, workdir: str, trainer: Trainer, evaluator: Evaluator, t
     policies[config.name] = trainer.state.params
     summary = summarize(evaluator.final(policies), evaluator.task, evaluator.rare_only)
     timing["final evaluation"] = time.perf_counter() - start
-    records = plots.read_metrics(workdir)
     critic = {name: _built_critic_score(config[f"{name}_dir"]) for name in policies if name != config.name}
     critic[config.name] = report.critic_score(records) if config.objective.loss != "sft" else None
     summary.update(timing=timing, critic_score=critic, stopped_early=trainer.stopped_early,
@@ -149,12 +151,12 @@ def evaluate_run(config, workdir: str, trainer: Trainer, evaluator: Evaluator, t
     return summary
 
 
-def write_outputs(config, workdir: str, step: int, summary: dict) -> None:
+def write_outputs(config, workdir: str, step: int, summary: dict, records: list[dict]) -> None:
     """eval.json, figures/ (also as TensorBoard images) and report.md, which is printed."""
     with open(os.path.join(workdir, "eval.json"), "w") as f:
         json.dump(summary, f, indent=2)
     figures = os.path.join(workdir, "figures")
-    pngs = plots.plot_curves({config.name: plots.read_metrics(workdir)}, figures) + plots.plot_eval(summary, figures)
+    pngs = plots.plot_curves({config.name: records}, figures) + plots.plot_eval(summary, figures)
     with MetricWriter(workdir, enabled=True) as tb:  # the figures beside the run's curves in TensorBoard
         for png in pngs:
             tb.image(step, "figures/" + os.path.basename(png).removesuffix(".png"), png)

@@ -250,6 +250,8 @@ def test_losses_declare_the_trees_they_read():
     assert "kl_ref" not in m
     with pytest.raises(KeyError, match="did not declare"):
         run_loss("dora_indicator", lD, without_ref, hp())
+    with pytest.raises(KeyError, match="did not declare"):  # a k3 term needs ref: never a silent zero
+        run_loss("grpo", lD, without_ref, hp(beta_kl=0.01))
 
 
 # ----------------------------------------------------------------------------- losses: gradients

@@ -100,7 +100,7 @@ class Trainer:
         """`frozen`: {"ref": params, "nora": params} (host or device trees; the same object twice is held once);
         `init_params`: the policy's initial parameters (may be one of the frozen trees); `update`: the pure
         `update(state, frozen, batch) -> (state, metrics)` of `trainer.step.make_update`, jitted here."""
-        self.model_config, self.tx, self.mesh, self.options = model_config, tx, mesh, options
+        self.model_config, self.mesh, self.options = model_config, mesh, options
         self.rules = tuple(tuple(r) for r in rules)
         self.stop_rules = tuple(stop_rules)
         self.workdir = os.path.abspath(workdir)
@@ -108,14 +108,14 @@ class Trainer:
         self.chief = distributed.is_chief()
         boxed = models.lm.boxed_shapes(model_config)
         self.param_shardings = sharding.tree_shardings(boxed, mesh, self.rules)
-        self.frozen = self._place(frozen)
+        placed = self._place({**frozen, "init": init_params})  # init may be a frozen tree: placed once
+        self.frozen = {name: placed[name] for name in frozen}
         self.state_shardings = sharding.tree_shardings(jax.eval_shape(lambda p: init_state(p, tx), boxed), mesh,
                                                        self.rules)
         # The policy starts as a copy (jnp.copy inside jit is a new buffer): a frozen tree must not
         # alias the donated train state.
-        placed = next((self.frozen[k] for k in frozen if frozen[k] is init_params), None)
         init = jax.jit(lambda p: init_state(jax.tree.map(jnp.copy, p), tx), out_shardings=self.state_shardings)
-        self.state: TrainState = init(placed if placed is not None else self._place({"init": init_params})["init"])
+        self.state: TrainState = init(placed["init"])
         self.batch_shardings = {k: sharding.batch_sharding(mesh, self.rules, 2 if k.endswith("BxT") else 1)
                                 for k in BATCH_KEYS}
         self.update = jit_update(update, self.state_shardings, {k: self.param_shardings for k in self.frozen},

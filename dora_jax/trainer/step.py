@@ -66,7 +66,7 @@ def make_update(model_config: ModelConfig, objective_cfg, tx: optax.GradientTran
         # Differentiable only when the entropy bonus is on: its full-vocabulary backward is not free.
         entropy = scores["entropy/dora"]
         loss_batch["entropy_BxT"] = entropy if entropy_coef else jax.lax.stop_gradient(entropy)
-        loss, metrics = loss_fn(scores["dora"], loss_batch, objective_cfg, denoms)
+        loss, metrics = loss_fn(scores["dora"], objectives.LossBatch(loss_batch), objective_cfg, denoms)
         metrics = {f"objective/{k}": v for k, v in metrics.items()}
         if uses_nora:
             kl = jax.lax.stop_gradient(scores["kl/dora_nora"]) * resp

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from configs import common
-from dora_jax import models
+from dora_jax import models, objectives
 from dora_jax.testing import RandomRollouts
 from dora_jax.trainer.state import init_state, make_optimizer
 from dora_jax.trainer.step import make_update
@@ -13,9 +13,9 @@ from dora_jax.trainer.step import make_update
 N = 8  # response budget
 
 
-def _run(agg: str, extra_prompt_pad: int):
+def _run(agg: str, extra_prompt_pad: int, loss: str = "grpo"):
     c = common.get_config()
-    c.objective.update(loss="grpo", agg=agg, group_size=4)
+    c.objective.update(loss=loss, agg=agg, group_size=4)
     model_config = models.ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                                       num_kv_heads=2, head_dim=8)
     tx = make_optimizer(c.optim, 1)
@@ -40,3 +40,15 @@ def test_loss_and_gradients_do_not_depend_on_prompt_padding(agg):
         for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(p0)):
             np.testing.assert_allclose(a, b, atol=1e-6)
     assert abs(m0["loss"]) > 1e-4  # a loss that is 0 would pass for any normaliser
+
+
+def test_a_loss_reading_an_undeclared_tree_fails_in_the_update():
+    @objectives.register_loss("test_only_reads_ref", uses=())
+    def reads_ref(logp_BxT, batch, hp, denoms):
+        return objectives.agg(batch["logp_ref_BxT"] - logp_BxT, batch["mask_BxT"], hp.agg, denoms), {}
+
+    try:
+        with pytest.raises(KeyError, match="did not declare"):
+            _run("token-mean", 0, loss="test_only_reads_ref")
+    finally:
+        objectives.LOSSES.pop("test_only_reads_ref")
