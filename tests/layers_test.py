@@ -34,6 +34,12 @@ def _layer(module: str) -> int | None:
     return None
 
 
+def _deepest(module: str, name: str) -> str:
+    """`from module import name` imports the submodule module.name when there is one, else module."""
+    path = PACKAGE.parent / f"{module}.{name}".replace(".", "/")
+    return f"{module}.{name}" if path.with_suffix(".py").exists() or path.is_dir() else module
+
+
 def _imports(path: pathlib.Path) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     """(module-level, function-level) imports of dora_jax modules as (name, line)."""
     tree = ast.parse(path.read_text())
@@ -46,11 +52,7 @@ def _imports(path: pathlib.Path) -> tuple[list[tuple[str, int]], list[tuple[str,
             if isinstance(child, ast.Import):
                 names = [a.name for a in child.names]
             elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
-                # `from dora_jax.models import checkpoint` may name a submodule: count the deepest module.
-                names = [f"{child.module}.{a.name}" if (PACKAGE.parent / f"{child.module}.{a.name}".replace(".", "/")
-                                                        ).with_suffix(".py").exists()
-                         or (PACKAGE.parent / f"{child.module}.{a.name}".replace(".", "/")).is_dir()
-                         else child.module for a in child.names]
+                names = [_deepest(child.module, a.name) for a in child.names]
             for name in names:
                 if name == "dora_jax" or name.startswith("dora_jax."):
                     (nested if depth else top).append((name, child.lineno))
