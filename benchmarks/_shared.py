@@ -13,6 +13,7 @@ import torch
 import transformers
 
 from configs import common
+from dora_jax.batch import RolloutBatch
 from dora_jax.models import hf
 from dora_jax.trainer import Trainer
 
@@ -58,7 +59,7 @@ def single_device_trainer(model_dir: str, group_size: int, **model) -> Trainer:
     return Trainer.from_config(config, tempfile.mkdtemp(), devices=jax.devices()[:1])
 
 
-def timed_update(trainer: Trainer, batch: dict):
+def timed_update(trainer: Trainer, batch: RolloutBatch):
     """A no-argument function running one update of `trainer` on `batch` to completion."""
     def update():
         trainer.state, metrics = trainer.update(trainer.state, trainer.frozen, batch)

@@ -83,7 +83,7 @@ def update_mfu(model_dir: str, mc: ModelConfig, args, peak_flops: float | None) 
     batch = random_batch(np.random.default_rng(0), vocab_size=mc.vocab_size, prompts=args.prompts,
                          group_size=args.group, prompt_len=args.prompt_len, response_len=args.response_len)
     (seconds,) = median_seconds([timed_update(trainer, batch)], args.runs)
-    B, T = batch["tokens_BxT"].shape
+    B, T = batch.tokens_BxT.shape
     flops = 5 * forward_flops_per_token(mc, T) * B * T
     return {"update_batch": B, "update_length": T, "update_seconds": seconds, "update_tflops": flops / seconds / 1e12,
             "update_mfu": flops / seconds / peak_flops if peak_flops else None}

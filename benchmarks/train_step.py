@@ -33,12 +33,12 @@ from dora_jax.testing import random_batch
 
 def torch_update(ref, nora, dora, opt, batch, hp):
     """dora_indicator with PPO-style ratio clipping, token-mean, as in dora_jax.objectives."""
-    tokens = torch.from_numpy(batch["tokens_BxT"].astype(np.int64))
-    mask = torch.from_numpy(batch["mask_BxT"].astype(np.int64))
-    pos = torch.from_numpy(np.asarray(positions_from_mask(batch["mask_BxT"])).astype(np.int64))
-    resp = torch.from_numpy(batch["response_mask_BxT"][:, 1:])
-    old = torch.from_numpy(batch["logp_old_BxT"][:, 1:])
-    rewards = torch.from_numpy(batch["rewards_B"]).view(-1, hp.group_size)
+    tokens = torch.from_numpy(batch.tokens_BxT.astype(np.int64))
+    mask = torch.from_numpy(batch.mask_BxT.astype(np.int64))
+    pos = torch.from_numpy(np.asarray(positions_from_mask(batch.mask_BxT)).astype(np.int64))
+    resp = torch.from_numpy(batch.response_mask_BxT[:, 1:])
+    old = torch.from_numpy(batch.logp_old_BxT[:, 1:])
+    rewards = torch.from_numpy(batch.rewards_B).view(-1, hp.group_size)
     adv = ((rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-6)).view(-1, 1)
     targets = tokens[:, 1:, None]
 
@@ -76,7 +76,7 @@ def time_side(side: str, prompts: int, group: int, runs: int) -> tuple[float, in
         update = functools.partial(torch_update, model, model, dora, opt, batch, config.objective)
 
     (seconds,) = median_seconds([update], runs)
-    return seconds, *batch["tokens_BxT"].shape
+    return seconds, *batch.tokens_BxT.shape
 
 
 def main():

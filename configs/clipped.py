@@ -5,11 +5,11 @@
 Same pipeline and report as configs/indicator.py, so the two formulations compare side by side.
 """
 
-from configs import indicator
+from configs import common, indicator
 
 
 def get_config(arg=None):
     c = indicator.get_config(arg)
-    c.objective.loss = "dora_clipped"  # c_t = min(max(lR - lN, -delta), lR + A / beta)
+    c.objective = common.objective("dora_clipped", keep=c.objective)  # c_t = min(max(lR - lN, -delta), lR + A / beta)
     c.objective.credit = "token"
     return c

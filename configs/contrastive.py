@@ -3,11 +3,11 @@
     python launch/train.py --config=configs/contrastive.py [--workdir=runs/contrastive]
 """
 
-from configs import indicator
+from configs import common, indicator
 
 
 def get_config(arg=None):
     c = indicator.get_config(arg)
-    c.objective.loss = "dora_contrastive"
+    c.objective = common.objective("dora_contrastive", keep=c.objective)
     c.objective.psi_form = "ref_weighted"
     return c

@@ -13,22 +13,24 @@ Ablations: `--config.distill.nora_replay=False` (Dora's samples only), `--config
 """
 
 from configs import common, indicator, nora_grpo, ref_sft
+from dora_jax import sections
+from dora_jax.rollout.sft import DistillConfig
 
 
 def get_config(arg=None):
     c = common.get_config()
     c.name = "distill"
-    c.dora_init = "nora"  # Nora is the student
+    c.policy_init = "nora"  # Nora is the student
     c.build.ref = ref_sft.get_config(common.build_arg(arg))
     c.build.nora = nora_grpo.get_config(common.build_arg(arg))
-    c.build.dora = indicator.get_config(common.build_arg(arg))
+    c.build.teacher = indicator.get_config(common.build_arg(arg))  # Dora
 
-    # Objective: masked next-token NLL of Dora's kept responses.
-    c.objective.loss = "sft"
-    c.objective.group_size = 1
+    # Objective: masked next-token NLL of Dora's kept responses, 64 per update.
+    common.sft(c, arg, batch_size=64)
 
     # Distillation: 8 Dora samples per training problem, kept when correct and, unless the variant is
-    # `:all_correct`, of a strategy Nora uses in under a quarter of her own samples (common's defaults).
+    # `:all_correct`, of a strategy Nora uses in under a quarter of her own samples (DistillConfig's defaults).
+    c.distill = sections.defaults(DistillConfig)
     c.distill.rare_only = "all_correct" not in common.variants(arg)
     # Rehearsal: Nora's own correct samples join the corpus. Without them, the few rare-strategy
     # samples (120 to 180 on the embedded task) are seen for 20 to 30+ epochs and Nora's pass@1 falls.
@@ -37,7 +39,6 @@ def get_config(arg=None):
     # Optimizer: small steps, so Nora keeps what she knows while she learns the kept strategies.
     c.optim.lr = 1e-4
     c.optim.schedule = "cosine"
-    c.sft.batch_size = 64
 
     # Trainer
     c.trainer.num_steps = 60

@@ -23,7 +23,7 @@ from configs import common, nora_grpo, ref_sft
 def get_config(arg=None):
     c = common.get_config()
     c.name = "dora"
-    c.dora_init = "nora"
+    c.policy_init = "nora"
     c.build.ref = ref_sft.get_config(common.build_arg(arg))
     c.build.nora = nora_grpo.get_config(common.build_arg(arg))
 

@@ -17,11 +17,11 @@ from configs import common, ref_sft
 def get_config(arg=None):
     c = common.get_config()
     c.name = "nora"
-    c.dora_init = "ref"
+    c.policy_init = "ref"
     c.build.ref = ref_sft.get_config(common.build_arg(arg))
 
     # Objective
-    c.objective.loss = "grpo"
+    c.objective = common.objective("grpo")
     c.objective.beta_kl = 0.0  # no pull toward ref: let the collapse happen, as RL fine-tuning does
 
     # Optimizer: 3e-4 is stable here; 1e-3 collapses to invalid output.

@@ -24,7 +24,7 @@ def get_config(arg=None):
 
     # Objective: the PPO-clipped policy gradient of GRPO with a set-level advantage; group_size,
     # set_size (4 of 8: 70 subsets per group) and diversity_bonus keep common's defaults.
-    c.objective.advantage = "poly_epo" if c.name == "polyepo" else c.name
+    c.objective = common.objective("grpo", "poly_epo" if c.name == "polyepo" else c.name, keep=c.objective)
     c.objective.log_kl_nora = True  # report KL to Nora although the loss does not read her
 
     # Diversity: Countdown's own strategy labels (the operator template); see dora_jax.tasks.diversity.

@@ -13,11 +13,10 @@ from configs import common
 def get_config(arg=None):
     c = common.get_config()
     c.name = "ref"
-    c.dora_init = "random"  # trained from scratch
+    c.policy_init = "random"  # trained from scratch
 
-    # Objective: masked next-token NLL of the response.
-    c.objective.loss = "sft"
-    c.objective.group_size = 1
+    # Objective: masked next-token NLL of the response, on batches of 256 corpus examples.
+    common.sft(c, arg, batch_size=256)
 
     # Optimizer
     c.optim.lr = 1e-3
@@ -26,7 +25,6 @@ def get_config(arg=None):
     c.optim.weight_decay = 0.01
 
     # Trainer
-    c.sft.batch_size = 256
     c.trainer.num_steps = 400  # ~8 epochs of the corpus; longer memorises the SFT problems and lowers held-out entropy
     c.trainer.checkpoint_every = 200
     c.eval.every = 100

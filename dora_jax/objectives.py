@@ -10,9 +10,11 @@ A notebook adds an objective with one decorated function:
     @register_loss("my_loss")
     def my_loss(logp_BxT, batch, hp, denoms): ...
 
-The `objective` config section and every default it holds come from `default_config()` here, once;
-losses read `hp.<field>` directly. A loss declares which frozen trees it reads (`uses`, a tuple or a
-function of the config section): the trainer scores just those, and reading another raises.
+The `objective` config section is `ObjectiveConfig` here, defaults and checks once; losses read
+`hp.<field>` directly. A loss declares which frozen trees it reads (`uses`, a tuple or a function of
+the config section: the trainer scores just those, and reading another raises) and which fields
+beyond the common ones (`reads`: a config for it carries just those). A registered loss receives
+float32 log-probs and its batch as float32 constants (stop-gradient, except the entropy).
 
 Losses divide by *global* denominators (`Denoms` of the whole batch), so summing the losses,
 gradients and metrics of micro-batches reproduces the full-batch values exactly.
@@ -20,6 +22,8 @@ gradients and metrics of micro-batches reproduces the full-batch values exactly.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 import math
 from typing import Any, Callable, NamedTuple
@@ -28,6 +32,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+
+from dora_jax import sections
+from dora_jax.sections import require
 
 # psi = exp(.) caps its exponent here so float32 never overflows (exp overflows at ~88.7):
 # e^60 ~ 1e26 already saturates every clip(psi * x, -delta, delta) with |x| > 1e-25, and a
@@ -41,45 +48,90 @@ AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 PSI_FORMS = ("exp_adv", "ref_weighted")
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """The `objective` config section: the registered loss and advantage and all their hyperparameters."""
-    c = ml_collections.ConfigDict()
-    c.loss = "dora_indicator"  # registered loss (LOSSES)
-    c.advantage = "grpo"  # registered advantage transform (ADVANTAGES)
-    c.group_size = 8  # responses per prompt G
-    c.agg = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
-    c.eps_low = 0.2  # PPO clip 1 - eps_low
-    c.eps_high = 0.2  # PPO clip 1 + eps_high (raise for clip-higher)
-    c.beta_kl = 0.0  # weight of the k3 KL to the reference (ref is scored only when > 0 or the loss reads it)
-    c.entropy_coef = 0.0  # entropy bonus weight
-    c.beta = 1.0  # psi temperature: psi = exp(A / beta)
-    c.delta = 2.0  # clip range of the Dora weight C(x, delta)
-    c.tau = 1.0  # advantage scale inside the ref_weighted psi
-    c.psi_form = "exp_adv"  # exp_adv (paper) | ref_weighted (released code; configs/contrastive.py)
-    c.credit = "token"  # dora_clipped credit: token (immediate) | return (reverse cumulative)
-    c.k = 4  # k of the analytic pass@k advantage
-    c.set_size = 4  # n of set advantages (poly_epo, pass_at_k)
-    c.diversity_bonus = 0.5  # lambda of the grpo_diversity advantage (novel correct strategies)
-    c.log_kl_nora = False  # score Nora for kl/dora_nora_* even when the loss does not read her
-    return c
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """The `objective` config section: the registered loss and advantage and their hyperparameters.
+
+    A config's section holds the common fields and those its loss and advantage declare
+    (`default_config(loss, advantage)`); a field it leaves out keeps the default here.
+    """
+
+    loss: str = "dora_indicator"  # registered loss (LOSSES)
+    advantage: str = "grpo"  # registered advantage transform (ADVANTAGES)
+    group_size: int = 8  # responses per prompt G
+    agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
+    log_kl_nora: bool = False  # score Nora for kl/policy_nora_* even when the loss does not read her
+    # Policy-gradient losses
+    eps_low: float = 0.2  # PPO clip 1 - eps_low
+    eps_high: float = 0.2  # PPO clip 1 + eps_high (raise for clip-higher)
+    beta_kl: float = 0.0  # weight of the k3 KL to the reference (ref is scored only when > 0 or the loss reads it)
+    entropy_coef: float = 0.0  # entropy bonus weight
+    # Dora losses
+    beta: float = 1.0  # psi temperature: psi = exp(A / beta)
+    delta: float = 2.0  # clip range of the Dora weight C(x, delta)
+    tau: float = 1.0  # advantage scale inside the ref_weighted psi
+    psi_form: str = "exp_adv"  # exp_adv (paper) | ref_weighted (released code; configs/contrastive.py)
+    credit: str = "token"  # dora_clipped credit: token (immediate) | return (reverse cumulative)
+    # Advantages
+    k: int = 4  # k of the analytic pass@k advantage
+    set_size: int = 4  # n of set advantages (poly_epo, pass_at_k)
+    diversity_bonus: float = 0.5  # lambda of the grpo_diversity advantage (novel correct strategies)
+
+    def __post_init__(self):
+        require(self.loss in LOSSES, "loss", self.loss, f"use a registered loss: {', '.join(sorted(LOSSES))}.")
+        require(self.advantage in ADVANTAGES, "advantage", self.advantage,
+                f"use a registered advantage: {', '.join(sorted(ADVANTAGES))}.")
+        require(self.group_size >= 1, "group_size", self.group_size, "use at least 1 response per prompt.")
+        require(self.agg in AGG_MODES, "agg", self.agg, f"use one of {', '.join(AGG_MODES)}.")
+        require(self.psi_form in PSI_FORMS, "psi_form", self.psi_form, f"use one of {', '.join(PSI_FORMS)}.")
+        require(self.credit in ("token", "return"), "credit", self.credit, "use 'token' or 'return'.")
+        require(self.beta > 0, "beta", self.beta, "the psi temperature must be positive (the paper uses 0.01 to 1).")
+        require(self.delta > 0, "delta", self.delta, "the clip range must be positive (the paper uses 2).")
+        require(0 <= self.eps_low < 1 and self.eps_high >= 0, "eps_low", (self.eps_low, self.eps_high),
+                "PPO clip widths must satisfy 0 <= eps_low < 1 and eps_high >= 0.")
+        require(self.beta_kl >= 0, "beta_kl", self.beta_kl, "the KL weight cannot be negative.")
+        if "set_size" in ADVANTAGES[self.advantage].reads:
+            require(1 <= self.set_size <= self.group_size, "set_size", self.set_size,
+                    f"set advantages need 1 <= set_size <= group_size ({self.group_size}).")
+        if "k" in ADVANTAGES[self.advantage].reads:
+            require(1 <= self.k <= self.group_size, "k", self.k, f"use 1 <= k <= group_size ({self.group_size}).")
+
+
+COMMON_FIELDS = ("loss", "advantage", "group_size", "agg", "log_kl_nora")
+
+
+def default_config(loss: str = "dora_indicator", advantage: str = "grpo") -> ml_collections.ConfigDict:
+    """The `objective` section a config starts from: the common fields and those `loss` and `advantage` read."""
+    names = COMMON_FIELDS + get_loss(loss).reads + get_advantage(advantage).reads
+    full = dataclasses.asdict(ObjectiveConfig(loss=loss, advantage=advantage))
+    return ml_collections.ConfigDict({name: full[name] for name in dict.fromkeys(names)})
+
+
+def parse_config(section) -> ObjectiveConfig:
+    """The typed, checked objective section (fields the section leaves out keep their defaults)."""
+    return sections.parse(ObjectiveConfig, section, "objective")
 
 
 # ----------------------------------------------------------------------------- registries
 
 
-def _registry(kind: str):
+def _registry(kind: str, prepare: Callable[[Callable], Callable] = lambda fn: fn):
     table: dict[str, Callable] = {}
 
-    def register(name: str, uses: tuple[str, ...] | Callable[[Any], tuple[str, ...]] = ("ref", "nora")
-                 ) -> Callable[[Callable], Callable]:
+    def register(name: str, uses: tuple[str, ...] | Callable[[Any], tuple[str, ...]] = ("ref", "nora"),
+                 reads: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
         """Decorator adding a function under `name` (re-registering replaces it, so notebook cells re-run).
 
         `uses` names the frozen trees whose log-probs the function reads (losses only), or maps the
         objective config to them: the trainer scores those alone, e.g. `register_loss("sft", uses=())`.
+        `reads` names the ObjectiveConfig fields it reads beyond the common ones: a config for it
+        carries just those (`default_config`).
         """
 
         def add(fn: Callable) -> Callable:
+            fn = prepare(fn)
             fn.uses = uses if callable(uses) else tuple(uses)
+            fn.reads = tuple(reads)
             table[name] = fn
             return fn
 
@@ -95,8 +147,28 @@ def _registry(kind: str):
     return table, register, get
 
 
-LOSSES, register_loss, get_loss = _registry("loss")
-ADVANTAGES, register_advantage, get_advantage = _registry("advantage")
+def _loss_inputs(fn: Callable) -> Callable:
+    """A loss receives float32 log-probs, its batch as float32 constants (`_constants`) and the typed config."""
+
+    @functools.wraps(fn)
+    def loss(logp_BxT, batch, hp, denoms):
+        return fn(jnp.asarray(logp_BxT, jnp.float32), _constants(batch), parse_config(hp), denoms)
+
+    return loss
+
+
+def _typed_config(fn: Callable) -> Callable:
+    """An advantage receives the typed config (a section that leaves a field out gets its default)."""
+
+    @functools.wraps(fn)
+    def advantage(rewards_PxG, clusters_PxG, hp):
+        return fn(rewards_PxG, clusters_PxG, parse_config(hp))
+
+    return advantage
+
+
+LOSSES, register_loss, get_loss = _registry("loss", _loss_inputs)
+ADVANTAGES, register_advantage, get_advantage = _registry("advantage", _typed_config)
 
 
 def trees_read(hp: Any) -> tuple[str, ...]:
@@ -252,27 +324,29 @@ def _finish(pg_loss: jax.Array, logp_BxT: jax.Array, b: LossBatch, hp: Any, deno
 # ----------------------------------------------------------------------------- losses
 
 
+# The fields every policy-gradient loss reads: the PPO clip (of the ratio to the behaviour policy), the k3
+# KL to the reference and the entropy bonus (_finish).
+_PG = ("eps_low", "eps_high", "beta_kl", "entropy_coef")
+
+
 @register_loss("sft", uses=())
-def sft_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
+def sft_loss(logp_BxT: jax.Array, b: LossBatch, hp: Any,
              denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Supervised fine-tuning (builds pi_ref; docs/design.md §3.2): loss = agg(-lD), the masked NLL."""
-    logp_BxT = jnp.asarray(logp_BxT, jnp.float32)
-    mask_BxT = jax.lax.stop_gradient(jnp.asarray(batch["mask_BxT"], jnp.float32))
+    mask_BxT = b["mask_BxT"]
     loss = agg(-logp_BxT, mask_BxT, hp.agg, denoms)
     return loss, {"nll": _token_mean(-logp_BxT, mask_BxT, denoms), "loss": loss}
 
 
 # GRPO reads the reference only through its k3 term: ref is scored when beta_kl > 0.
-@register_loss("grpo", uses=lambda hp: ("ref",) if hp.beta_kl > 0 else ())
-def grpo_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
+@register_loss("grpo", uses=lambda hp: ("ref",) if hp.beta_kl > 0 else (), reads=_PG)
+def grpo_loss(logp_BxT: jax.Array, b: LossBatch, hp: Any,
               denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
     """GRPO / PPO-clip (docs/design.md §3.2, trains Nora from ref):
 
     loss = -agg(min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A)) + beta_kl agg(k3).
     At rho = 1 the gradient is -agg(A grad lD) + beta_kl agg(grad k3).
     """
-    logp_BxT = jnp.asarray(logp_BxT, jnp.float32)
-    b = _constants(batch)
     mask_BxT = b["mask_BxT"]
     adv_BxT = _per_token(b["adv_B"], logp_BxT)
     rho_BxT = _ratio(logp_BxT, b["logp_old_BxT"])
@@ -284,8 +358,8 @@ def grpo_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
     return _finish(pg_loss, logp_BxT, b, hp, denoms, {"clip_frac": clip_frac})
 
 
-@register_loss("dora_clipped")
-def dora_clipped_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
+@register_loss("dora_clipped", reads=_PG + ("beta", "delta", "tau", "psi_form", "credit"))
+def dora_clipped_loss(logp_BxT: jax.Array, b: LossBatch, hp: Any,
                       denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Dora, paper Formulation 1 (clipped log-ratio), as a score-function gradient (docs/design.md §3.2):
 
@@ -293,8 +367,6 @@ def dora_clipped_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
     credit="return" replaces c_t by sum_{t' >= t, masked in} c_t';
     loss = -agg(min(rho c, clip(rho, 1 - eps_low, 1 + eps_high) c)), so at rho = 1 the gradient is -agg(c grad lD).
     """
-    logp_BxT = jnp.asarray(logp_BxT, jnp.float32)
-    b = _constants(batch)
     mask_BxT = b["mask_BxT"]
     log_ratio_BxT = b["logp_ref_BxT"] - b["logp_nora_BxT"]
     upper_BxT = b["logp_ref_BxT"] + _per_token(b["adv_B"], logp_BxT) / hp.beta
@@ -321,16 +393,14 @@ def dora_clipped_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
     return _finish(pg_loss, logp_BxT, b, hp, denoms, metrics)
 
 
-@register_loss("dora_indicator")
-def dora_indicator_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
+@register_loss("dora_indicator", reads=_PG + ("beta", "delta", "tau", "psi_form"))
+def dora_indicator_loss(logp_BxT: jax.Array, b: LossBatch, hp: Any,
                         denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Dora, paper Formulation 2 (the default), S = E[1(lR - lN > 0) lD C(psi (lR - lN), delta)] (docs/design.md §3.2):
 
     w_t = sg(1(lR_t - lN_t > 0) clip(psi_t (lR_t - lN_t), -delta, delta));
     loss = -agg(w min(rho, clip(rho, 1 - eps_low, 1 + eps_high))), so at rho = 1 the gradient is -agg(w grad lD).
     """
-    logp_BxT = jnp.asarray(logp_BxT, jnp.float32)
-    b = _constants(batch)
     mask_BxT = b["mask_BxT"]
     log_ratio_BxT = b["logp_ref_BxT"] - b["logp_nora_BxT"]
     psi_BxT = psi(b["adv_B"], b["logp_ref_BxT"], hp)
@@ -349,8 +419,8 @@ def dora_indicator_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: An
     return _finish(pg_loss, logp_BxT, b, hp, denoms, metrics)
 
 
-@register_loss("dora_contrastive")
-def dora_contrastive_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: Any,
+@register_loss("dora_contrastive", reads=_PG + ("beta", "tau", "psi_form"))
+def dora_contrastive_loss(logp_BxT: jax.Array, b: LossBatch, hp: Any,
                           denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Dora, the authors' released contrastive variant (docs/design.md §3.2):
 
@@ -358,8 +428,6 @@ def dora_contrastive_loss(logp_BxT: jax.Array, batch: dict[str, jax.Array], hp: 
     (configs/contrastive.py);
     on-policy by construction (no ratio), gradient -agg(psi grad lD).
     """
-    logp_BxT = jnp.asarray(logp_BxT, jnp.float32)
-    b = _constants(batch)
     mask_BxT = b["mask_BxT"]
     log_ratio_BxT = b["logp_ref_BxT"] - b["logp_nora_BxT"]
     psi_BxT = psi(b["adv_B"], b["logp_ref_BxT"], hp)
@@ -480,19 +548,19 @@ def _dr_grpo(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: Any) ->
     return grpo_advantages(rewards_PxG, norm_by_std=False)
 
 
-@register_advantage("poly_epo")
+@register_advantage("poly_epo", reads=("set_size",))
 def _poly_epo(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: Any) -> jax.Array:
     """Poly-EPO marginal set advantage, subsets of size hp.set_size, no std normalisation (docs/design.md §3.3)."""
     return set_advantages(poly_epo_score, rewards_PxG, clusters_PxG, hp.set_size)
 
 
-@register_advantage("pass_at_k")
+@register_advantage("pass_at_k", reads=("set_size",))
 def _pass_at_k(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: Any) -> jax.Array:
     """Pass@k marginal set advantage f(S) = max r, subsets of size hp.set_size (docs/design.md §3.3)."""
     return set_advantages(pass_at_k_score, rewards_PxG, None, hp.set_size)
 
 
-@register_advantage("grpo_diversity")
+@register_advantage("grpo_diversity", reads=("diversity_bonus",))
 def _grpo_diversity(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: Any) -> jax.Array:
     """GRPO on a diversity-shaped reward (docs/design.md §3.3): r_i + lambda * r_i / m_i, where m_i counts the group's
     rewarded responses in i's cluster (lambda = hp.diversity_bonus; cluster -1 earns no bonus).
@@ -509,7 +577,7 @@ def _grpo_diversity(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: 
     return grpo_advantages(rewards_PxG + hp.diversity_bonus * rewards_PxG * novelty_PxG)
 
 
-@register_advantage("pass_at_k_analytic")
+@register_advantage("pass_at_k_analytic", reads=("k",))
 def _pass_at_k_analytic(rewards_PxG: jax.Array, clusters_PxG: jax.Array | None, hp: Any) -> jax.Array:
     """Chen et al. 2025 analytic Pass@k-training advantage with k = hp.k (docs/design.md §3.3)."""
     del clusters_PxG

@@ -1,17 +1,22 @@
-"""One config, end to end: build missing policies, train, evaluate, report (docs/design.md §9).
+"""One config, end to end: check it, build missing policies, train, evaluate, report (docs/design.md §9).
 
     summary = pipeline.run(config, workdir)
 
-On the embedded task a config names how to build its ref and Nora (`config.build.ref`,
-`config.build.nora`); a missing checkpoint is built once into `config.cache_dir`, keyed by
-a hash of the building config, and reused by every later run. A run resumes from its
-workdir, so an interrupted pipeline picks up where it stopped, stage by stage.
+    check_config(config)             # every section, before any work: ConfigError names field and fix
+    build_missing_policies(config)   # ref / Nora / teacher from config.build, cached (dora_jax.cache)
+    task = load_task(config)
+    trainer = Trainer.from_config(config, workdir)
+    source = batch_source(...)       # chosen by name from BATCH_SOURCES
+    trainer.run(source, ...); export; evaluate_run(...); write_outputs(...)
+
+A run resumes from its workdir, so an interrupted pipeline picks up where it stopped, stage by
+stage. Sweeps, method comparisons and evaluation of existing checkpoints live in
+`dora_jax.experiments`.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import shutil
@@ -20,25 +25,26 @@ from typing import Any
 
 from absl import flags, logging
 
-from dora_jax import distributed
-from dora_jax.rollout.sft import distill_corpus
-from dora_jax.rollout.sft import SFTBatches
-from dora_jax.tasks import TASKS, make_task
+from dora_jax import cache, distributed, objectives, sections, tasks
+from dora_jax.cache import POLICY_DIR
 from dora_jax.eval import plots, report
-from dora_jax.eval.evaluate import Evaluator, summarize
-from dora_jax.models import checkpoint
+from dora_jax.eval.evaluate import EvalConfig, Evaluator, summarize
+from dora_jax.models import ModelConfig, checkpoint
 from dora_jax.rollout.process import ProcessRollouts
-from dora_jax.rollout.source import InlineRollouts
+from dora_jax.rollout.sft import DistillConfig, SFTBatches, SFTConfig, distill_corpus
+from dora_jax.rollout.source import InlineRollouts, RolloutConfig
+from dora_jax.sharding import MeshConfig
+from dora_jax.tasks import diversity
 from dora_jax.trainer import Trainer
+from dora_jax.trainer.loop import POLICY_INITS, TrainerConfig
+from dora_jax.trainer.step import KL_METRIC
+from dora_jax.trainer.state import OptimConfig
 from dora_jax.writers import MetricWriter
-
-POLICY_DIR = "policy"  # the trained policy, exported as a model checkpoint inside the workdir
 
 
 def run(config, workdir: str) -> dict:
     """Trains `config` in `workdir` and writes eval.json, report.md and figures/; returns the eval summary."""
-    if config.sweep:
-        return sweep(config, workdir)
+    check_config(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     config, timing = build_missing_policies(copy.deepcopy(config))
     task = load_task(config)
@@ -48,9 +54,9 @@ def run(config, workdir: str) -> dict:
     trainer = Trainer.from_config(config, workdir)
     _check_vocabulary(trainer.model_config.vocab_size, task, config)
     evaluator = Evaluator(task, trainer.model_config, config)
-    teacher = checkpoint.load_policy(config.dora_dir, config.model).params if config.dora_dir else None
+    teacher = checkpoint.load_policy(config.teacher_dir, config.model).params if config.teacher_dir else None
     source = batch_source(config, task, trainer, evaluator, teacher)
-    trainer.run(source, evaluate=evaluator.quick, eval_every=config.eval.every, desc=f"train {config.name}")
+    trainer.run(source, evaluate=evaluator.quick, eval_every=evaluator.options.every, desc=f"train {config.name}")
     _export(trainer, os.path.join(workdir, POLICY_DIR))
     timing[f"train {config.name}"] = time.perf_counter() - start
 
@@ -61,13 +67,50 @@ def run(config, workdir: str) -> dict:
     return summary
 
 
+# Sections every config has, with the class that checks them; `sft` and `distill` are checked when used.
+SECTIONS = {"optim": OptimConfig, "mesh": MeshConfig, "rollout": RolloutConfig, "eval": EvalConfig,
+            "trainer": TrainerConfig, "diversity": diversity.DiversityConfig}
+
+
+def check_config(config) -> None:
+    """Raises a ConfigError naming the field and the fix for anything in `config` (or the configs it builds
+    from) that cannot work, before any work starts."""
+    for c in cache.with_builds(config):
+        for name, cls in SECTIONS.items():
+            sections.parse(cls, c[name], name)
+        tasks.parse_config(c.task)
+        objectives.parse_config(c.objective)
+        try:
+            ModelConfig(**c.model)
+        except (TypeError, ValueError) as e:
+            raise sections.ConfigError(f"config.model: {e}") from None
+        if c.rollout.mode not in BATCH_SOURCES or c.rollout.mode == "sft":
+            modes = ", ".join(n for n in BATCH_SOURCES if n != "sft")
+            raise sections.ConfigError(f"config.rollout.mode={c.rollout.mode!r}: use one of {modes}.")
+        if c.policy_init not in POLICY_INITS:
+            raise sections.ConfigError(f"config.policy_init={c.policy_init!r}: use one of {', '.join(POLICY_INITS)}.")
+        unknown = set(c.build) - set(cache.ROLES)
+        if unknown:
+            raise sections.ConfigError(f"config.build.{sorted(unknown)[0]}: build only {', '.join(cache.ROLES)}.")
+        if c.objective.loss == "sft":
+            _require_section(c, "sft", SFTConfig, "common.sft(c) in the config file adds it")
+        if c.teacher_dir or "teacher" in c.build:
+            _require_section(c, "distill", DistillConfig, "configs/distill.py shows how to add it")
+
+
+def _require_section(config, name: str, cls, fix: str) -> None:
+    if name not in config:
+        raise sections.ConfigError(f"config.{name} is missing: {config.name} needs it ({fix}).")
+    sections.parse(cls, config[name], name)
+
+
 def build_missing_policies(config) -> tuple[Any, dict[str, float]]:
-    """`config` with ref_dir / nora_dir / dora_dir set to the cached builds of `config.build`, and their times."""
-    # Ref, Nora and Dora must see the same problems, or the SFT / RL / held-out splits would overlap.
-    for built in _with_builds(config)[1:]:
+    """`config` with ref_dir / nora_dir / teacher_dir set to the cached builds of `config.build`, and their times."""
+    # Ref, Nora and the teacher must see the same problems, or the SFT / RL / held-out splits would overlap.
+    for built in cache.with_builds(config)[1:]:
         built.task = copy.deepcopy(config.task)
     timing: dict[str, float] = {}
-    for role in ("ref", "nora", "dora"):
+    for role in cache.ROLES:
         if not config[f"{role}_dir"] and role in config.build:
             start = time.perf_counter()
             config[f"{role}_dir"], built = build_policy(config.build[role], config.cache_dir)
@@ -75,13 +118,27 @@ def build_missing_policies(config) -> tuple[Any, dict[str, float]]:
     return config, timing
 
 
+def build_policy(build_config, cache_dir: str) -> tuple[str, bool]:
+    """(checkpoint dir, built now?) of the policy `build_config` trains, training it if not cached."""
+    build_config = copy.deepcopy(build_config)
+    build_config.cache_dir = cache_dir
+    workdir = cache.build_workdir(build_config, cache_dir)
+    policy = os.path.join(workdir, POLICY_DIR)
+    if checkpoint.is_checkpoint(policy):
+        print(f"Using the cached {build_config.name} policy {policy}")
+        return policy, False
+    print(f"No {build_config.name} checkpoint given: building it into {workdir} once; later runs reuse it.")
+    run(build_config, workdir)
+    return policy, True
+
+
 def load_task(config):
     """The task of `config.task`; the model's vocabulary defaults to the task tokenizer's."""
-    if getattr(TASKS.get(config.task.name), "needs_model_dir", False) and not config.ref_dir:
+    if tasks.task_class(config.task.name).needs_model_dir and not config.ref_dir:
         raise ValueError(f"config.ref_dir is empty: the {config.task.name} task trains from a local model, it builds "
                          "none. Pass --config.ref_dir=HF_DIR (e.g. a DeepSeek-R1-Distill-Qwen dir) and, for Dora, "
                          "--config.nora_dir=DIR of the GRPO-trained Nora.")
-    task = make_task(_with_tokenizer_dir(config.task, config.ref_dir))
+    task = tasks.make_task(with_tokenizer_dir(config.task, config.ref_dir))
     if config.model.vocab_size == 0:
         config.model.vocab_size = task.vocab_size
     return task
@@ -106,7 +163,8 @@ def _sft_batches(config, task, trainer, evaluator, teacher):
     """SFT on the task's corpus (Ref), or on a teacher's distillation corpus (Nora distilled from Dora)."""
     corpus = (distill_corpus(evaluator, task.splits["rl"], teacher, trainer.frozen["nora"], config.distill, config.seed)
               if teacher is not None else task.sft_examples(config.seed))
-    return SFTBatches(corpus, config.sft.batch_size, config.seed, task.prompt_len, config.rollout.max_new_tokens)
+    batch_size = sections.parse(SFTConfig, config.sft, "sft").batch_size
+    return SFTBatches(corpus, batch_size, config.seed, task.prompt_len, config.rollout.max_new_tokens)
 
 
 def _inline_rollouts(config, task, trainer, evaluator, teacher):
@@ -125,11 +183,8 @@ BATCH_SOURCES = {"sft": _sft_batches, "inline": _inline_rollouts, "process": _pr
 
 
 def batch_source(config, task, trainer: Trainer, evaluator: Evaluator, teacher):
-    """The source of the trainer's batches, chosen by name from BATCH_SOURCES."""
+    """The source of the trainer's batches, chosen by name from BATCH_SOURCES (check_config vetted the name)."""
     name = "sft" if config.objective.loss == "sft" else config.rollout.mode
-    if name not in BATCH_SOURCES:
-        raise ValueError(f"config.rollout.mode={config.rollout.mode!r}: use one of "
-                         f"{', '.join(n for n in BATCH_SOURCES if n != 'sft')}.")
     return BATCH_SOURCES[name](config, task, trainer, evaluator, teacher)
 
 
@@ -138,16 +193,18 @@ def evaluate_run(config, trainer: Trainer, evaluator: Evaluator, teacher, record
     """The final evaluation of the frozen trees, the teacher and the trained policy, with the run's summary
     (`records`: the run's metrics.jsonl)."""
     start = time.perf_counter()
-    policies = {name: trainer.frozen[name] for name in ("ref", "nora") if config[f"{name}_dir"]}
+    dirs = {name: config[f"{name}_dir"] for name in ("ref", "nora") if config[f"{name}_dir"]}
+    policies = {name: trainer.frozen[name] for name in dirs}
     if teacher is not None:
-        policies["dora"] = teacher
+        dirs[_teacher_label(config)] = config.teacher_dir
+        policies[_teacher_label(config)] = teacher
     policies[config.name] = trainer.state.params
     summary = summarize(evaluator.final(policies), evaluator.task, evaluator.rare_only)
     timing["final evaluation"] = time.perf_counter() - start
-    critic = {name: _built_critic_score(config[f"{name}_dir"]) for name in policies if name != config.name}
+    critic = {name: _built_critic_score(path) for name, path in dirs.items()}
     critic[config.name] = report.critic_score(records) if config.objective.loss != "sft" else None
     summary.update(timing=timing, critic_score=critic, stopped_early=trainer.stopped_early,
-                   kl_to_nora=report.last_value(records, "kl/dora_nora_token"))
+                   kl_to_nora=report.last_value(records, KL_METRIC))
     return summary
 
 
@@ -170,28 +227,6 @@ def quiet_info_logs() -> None:
         logging.set_verbosity(logging.WARNING)
 
 
-def build_policy(build_config, cache_dir: str) -> tuple[str, bool]:
-    """(checkpoint dir, built now?) of the policy `build_config` trains, training it if not cached."""
-    build_config = copy.deepcopy(build_config)
-    build_config.cache_dir = cache_dir
-    workdir = os.path.join(os.path.abspath(os.path.expanduser(cache_dir)), f"{build_config.name}-{cache_key(build_config)}")
-    policy = os.path.join(workdir, POLICY_DIR)
-    if checkpoint.is_checkpoint(policy):
-        print(f"Using the cached {build_config.name} policy {policy}")
-        return policy, False
-    print(f"No {build_config.name} checkpoint given (config.{build_config.name}_dir is empty): building it into "
-          f"{workdir} once; later runs reuse it.")
-    run(build_config, workdir)
-    return policy, True
-
-
-def cache_key(config) -> str:
-    """Hash of everything that changes a built policy (not where it is cached or how progress is shown)."""
-    c = copy.deepcopy(config)
-    c.cache_dir, c.trainer.progress = "", True
-    return hashlib.sha256(c.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:10]
-
-
 def _export(trainer: Trainer, out_dir: str) -> None:
     """Writes the policy next to its final name, then renames, so a half-written export is never used.
 
@@ -207,6 +242,11 @@ def _export(trainer: Trainer, out_dir: str) -> None:
         os.replace(tmp, out_dir)
 
 
+def _teacher_label(config) -> str:
+    """The teacher's name in the evaluation: its building config's (Dora's "dora"), else "teacher"."""
+    return config.build.teacher.name if "teacher" in config.build else "teacher"
+
+
 def _built_critic_score(policy_dir: str) -> float | None:
     """The critic score of a policy this pipeline trained by RL (None for SFT or foreign checkpoints)."""
     workdir = os.path.dirname(os.path.abspath(policy_dir))
@@ -219,114 +259,10 @@ def _built_critic_score(policy_dir: str) -> float | None:
     return report.critic_score(plots.read_metrics(workdir))
 
 
-def evaluate_policies(config, policy_dirs: dict[str, str], out_dir: str) -> dict:
-    """pass@k of each policy (checkpoint or HF dir) and of every pair on the held-out split.
-
-    Writes OUT/eval.json, OUT/passk.md (every k up to eval.samples) and OUT/figures/.
-    """
-    config = copy.deepcopy(config)
-    task = make_task(_with_tokenizer_dir(config.task, config.ref_dir or next(iter(policy_dirs.values()))))
-    loaded = {name: checkpoint.load_policy(path, config.model) for name, path in policy_dirs.items()}
-    model_config = next(iter(loaded.values())).config
-    evaluator = Evaluator(task, model_config, config)
-    summary = summarize(evaluator.final({n: lm.params for n, lm in loaded.items()}), task, evaluator.rare_only)
-    if not distributed.is_chief():
-        return summary
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "eval.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    with open(os.path.join(out_dir, "passk.md"), "w") as f:
-        f.write(f"# pass@k on {config.task.name} ({summary['num_problems']} problems x "
-                f"{summary['samples_per_problem']} samples; mixtures take k/2 samples from each policy)\n\n")
-        f.write("\n".join(report.passk_table(summary)) + "\n")
-    plots.plot_eval(summary, os.path.join(out_dir, "figures"))
-    return summary
-
-
-def sweep(config, workdir: str) -> dict:
-    """One run per value of `config.sweep` ("field=v1,v2,..."), then overlay figures and sweep.md.
-
-    Sweeping `seed` reseeds the built ref and Nora too, so each seed is an independent pipeline.
-    """
-    field, _, values = config.sweep.partition("=")
-    if not field or not values:
-        raise ValueError(f"config.sweep={config.sweep!r}: write it as 'section.field=v1,v2,...', "
-                         "e.g. 'objective.beta=0.01,0.1,1' or 'seed=0,1,2'.")
-    section = config
-    for part in field.split(".")[:-1]:
-        section = section[part]
-    kind = type(section[field.split(".")[-1]])
-    summaries, runs = {}, {}
-    for value in values.split(","):
-        c = copy.deepcopy(config)
-        c.sweep = ""
-        if field == "seed":
-            _reseed(c, int(value))
-        else:
-            c.update_from_flattened_dict({field: kind(value)})
-        label = f"{field.split('.')[-1]}={value}"
-        summaries[label] = run(c, os.path.join(workdir, label))
-        runs[label] = plots.read_metrics(os.path.join(workdir, label))
-    if distributed.is_chief():
-        plots.plot_curves(runs, os.path.join(workdir, "figures"))
-        text = report.sweep_table(field, summaries, config.name)
-        with open(os.path.join(workdir, "sweep.md"), "w") as f:
-            f.write(text)
-        print(text)
-    return {"runs": summaries}
-
-
-def load_config(spec: str):
-    """The config of `path/to/config.py[:VARIANT]`, as `--config=` reads it."""
-    import importlib.util
-
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
-    if module_spec is None or not os.path.exists(path):
-        raise ValueError(f"{spec!r}: no config file {path!r}; write e.g. configs/polyepo.py:pass_at_k.")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
-
-
-def compare(specs: list[str], seeds: list[int], workdir: str, overrides: dict | None = None) -> dict:
-    """Runs each config for each seed (ref and Nora built per seed, shared by the configs), then writes
-    WORKDIR/compare.md (mean ± sample std per method) and WORKDIR/figures/compare_pass_at_k.png."""
-    summaries: dict[str, dict[int, dict]] = {}
-    for seed in seeds:
-        for spec in specs:
-            c = load_config(spec)
-            label = os.path.basename(spec).replace(".py", "").removesuffix(":smoke").replace(",smoke", "")
-            _reseed(c, seed)
-            c.update_from_flattened_dict(overrides or {})
-            summaries.setdefault(label, {})[seed] = run(c, os.path.join(workdir, f"seed={seed}", label.replace(":", "_")))
-            # Rewritten after every run, so an interrupted comparison keeps a table of what finished.
-            text = report.compare_table(summaries, seeds)
-            if distributed.is_chief():
-                with open(os.path.join(workdir, "compare.md"), "w") as f:
-                    f.write(text)
-    if distributed.is_chief():
-        plots.plot_compare(summaries, os.path.join(workdir, "figures"))
-        print(text)
-    return summaries
-
-
-def _with_tokenizer_dir(task_config, model_dir: str):
+def with_tokenizer_dir(task_config, model_dir: str):
     """`task_config` with an empty `tokenizer_dir` set to `model_dir` (the tokenizer lives with the model)."""
     if "tokenizer_dir" in task_config and not task_config.tokenizer_dir:
         task_config.tokenizer_dir = model_dir
     return task_config
 
 
-def _reseed(config, seed: int) -> None:
-    """Sets `seed` in the config and in the ref and Nora builds: each seed is an independent pipeline."""
-    for target in _with_builds(config):
-        target.seed = seed
-
-
-def _with_builds(config) -> list:
-    """The config and every config nested in its `build` section, recursively."""
-    out = [config]
-    for built in config.build.values():
-        out += _with_builds(built)
-    return out

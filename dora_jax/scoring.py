@@ -1,14 +1,14 @@
 """Per-token log-probs, entropies and exact token KL of a rollout batch under several trees.
 
-    scores = token_logprobs(config, {"ref": p_ref, "nora": p_nora, "dora": p_dora}, tokens_BxT, mask_BxT)
-    scores["dora"]            # [B, T] log pi_dora(tokens[t] | tokens[<t]); column 0 is 0 (nothing predicts it)
-    scores["entropy/dora"]    # [B, T] entropy of the distribution that produced tokens[t]
-    scores["kl/dora_nora"]    # [B, T] exact full-vocabulary KL(dora || nora) at the same positions
+    scores = token_logprobs(config, {"ref": p_ref, "nora": p_nora, "policy": p}, tokens_BxT, mask_BxT)
+    scores["policy"]            # [B, T] log pi(tokens[t] | tokens[<t]); column 0 is 0 (nothing predicts it)
+    scores["entropy/policy"]    # [B, T] entropy of the distribution that produced tokens[t]
+    scores["kl/policy_nora"]    # [B, T] exact full-vocabulary KL(policy || nora) at the same positions
 
 All in float32. Each tree's decoder runs once to final hidden states [B, T, D]; logits are
 then formed chunk by chunk along the sequence inside a rematerialised scan, so at most
 `len(trees_in_a_kl_pair) * B * chunk * V` logits exist at once (never a whole [B, T, V]
-per tree), also in the backward pass when Dora's log-probs are differentiated.
+per tree), also in the backward pass when the policy's log-probs are differentiated.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ def default_chunk(T: int) -> int:
 
 
 def token_logprobs(config: ModelConfig, params_by_tree: Mapping[str, Params], tokens_BxT: jax.Array,
-                   mask_BxT: jax.Array, *, temperature: float = 1.0, kl: tuple[str, str] | None = ("dora", "nora"),
-                   entropy_of: tuple[str, ...] = ("dora",), chunk: int | None = None) -> dict[str, jax.Array]:
+                   mask_BxT: jax.Array, *, temperature: float = 1.0, kl: tuple[str, str] | None = ("policy", "nora"),
+                   entropy_of: tuple[str, ...] = ("policy",), chunk: int | None = None) -> dict[str, jax.Array]:
     """Scores `tokens_BxT` (prompt + response, padding marked 0 in `mask_BxT`) under each tree.
 
     `temperature` divides the logits first, as the sampler does, so scores equal the
@@ -83,7 +83,7 @@ def token_logprobs(config: ModelConfig, params_by_tree: Mapping[str, Params], to
 
 @functools.partial(jax.jit, static_argnames=("config", "temperature", "kl", "entropy_of", "chunk"))
 def score(config: ModelConfig, params_by_tree: Mapping[str, Params], tokens_BxT, mask_BxT, *, temperature: float = 1.0,
-          kl: tuple[str, str] | None = ("dora", "nora"), entropy_of: tuple[str, ...] = ("dora",),
+          kl: tuple[str, str] | None = ("policy", "nora"), entropy_of: tuple[str, ...] = ("policy",),
           chunk: int | None = None) -> dict[str, jax.Array]:
     """Jitted `token_logprobs`: one XLA call for all trees."""
     return token_logprobs(config, params_by_tree, tokens_BxT, mask_BxT, temperature=temperature, kl=kl,

@@ -7,6 +7,7 @@ set serves tiny test models and 7B models alike.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -14,15 +15,43 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from dora_jax import sections
+from dora_jax.sections import require
+
 MESH_AXES = ("data", "fsdp", "tensor")
 Rules = Sequence[tuple[str, Any]]
 
 
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """The `mesh` config section: axis sizes (-1 = all remaining devices) and logical-axis -> mesh-axis rules."""
+
+    data: int = -1  # data-parallel rows
+    fsdp: int = 1  # rows, with parameters and optimizer state sharded over the axis
+    tensor: int = 1  # heads / MLP / vocabulary split over the axis
+    rules: tuple = DEFAULT_RULES  # (logical axis, mesh axis or axes) pairs
+
+    def __post_init__(self):
+        sizes = (self.data, self.fsdp, self.tensor)
+        require(all(s == -1 or s >= 1 for s in sizes) and sizes.count(-1) <= 1, "data", sizes,
+                "each of data, fsdp, tensor is a positive size, and at most one is -1 (the remaining devices).")
+
+
 def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The mesh of `mesh_cfg` (a MeshConfig or a mapping of its axis sizes) over `devices` (default: all)."""
     devices = list(devices if devices is not None else jax.devices())
-    sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
-    if sizes.count(-1) > 1:
-        raise ValueError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}.")
+    mesh_cfg = sections.parse(MeshConfig, mesh_cfg, "mesh")
+    sizes = [getattr(mesh_cfg, a) for a in MESH_AXES]
     known = int(np.prod([s for s in sizes if s != -1]))
     if -1 in sizes:
         if len(devices) % known:
@@ -41,7 +70,7 @@ def split_devices(config, devices: Sequence[jax.Device] | None = None) -> tuple[
     total over all processes, so every process keeps the same number of learner devices.
     """
     devices = list(devices if devices is not None else jax.devices())
-    total = int(config.rollout.get("sampler_devices", 0))
+    total = config.rollout.sampler_devices
     if not total:
         return devices, []
     processes = sorted({d.process_index for d in devices})

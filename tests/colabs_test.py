@@ -73,7 +73,7 @@ def test_explore_objectives_notebook_runs_in_fast_mode(tmp_path, monkeypatch, ca
         trained = records["my_loss"][1:]  # row 0 is the initial evaluation
         assert len(trained) == 4
         for key in ("loss", "objective/indicator_frac", "objective/adv_pos_frac", "objective/weight_mean",
-                    "indicator/frac", "psi/mean", "kl/dora_nora_token", "grad_norm"):
+                    "indicator/frac", "psi/mean", "kl/policy_nora_token", "grad_norm"):
             assert _finite(r[key] for r in trained), key
         assert all(0 <= r["indicator/frac"] <= r["objective/adv_pos_frac"] <= 1 for r in trained)
 

@@ -2,7 +2,6 @@
 
 import itertools
 import math
-import types
 
 import jax
 import jax.numpy as jnp
@@ -515,7 +514,7 @@ def test_grpo_diversity_golden():
     # Group: correct with strategy 0 twice, correct with strategy 1 once, one wrong, one correct without strategy.
     rewards = jnp.array([[1.0, 1.0, 1.0, 0.0, 1.0]])
     clusters = jnp.array([[0, 0, 1, 0, -1]])
-    hp = types.SimpleNamespace(diversity_bonus=0.5)
+    hp = {"diversity_bonus": 0.5}
     shaped = np.array([[1 + 0.5 / 2, 1 + 0.5 / 2, 1 + 0.5 / 1, 0.0, 1.0]])
     want = (shaped - shaped.mean()) / (shaped.std(ddof=1) + 1e-6)
     got = obj.get_advantage("grpo_diversity")(rewards, clusters, hp)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import clipped, distill, indicator, nora_grpo, polyepo
-from dora_jax import objectives, pipeline
+from dora_jax import experiments, objectives, pipeline
 from dora_jax.tasks.countdown import problems as countdown
 from tests import math_world
 from tests.writers_test import read_events
@@ -39,7 +39,7 @@ def test_indicator_pipeline_writes_the_workdir_and_reuses_the_cache(tmp_path, ca
     assert set(summary["mixtures"]) == {"dora+nora", "dora+ref", "nora+ref"}
     records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     assert [r["step"] for r in records] == list(range(5))  # step 0: the initial evaluation
-    for key in ("reward/mean", "kl/dora_nora_token", "kl/dora_nora_seq", "psi/mean", "indicator/frac", "entropy",
+    for key in ("reward/mean", "kl/policy_nora_token", "kl/policy_nora_seq", "psi/mean", "indicator/frac", "entropy",
                 "response_length/mean", "perf/tokens_per_s", "perf/step_s"):
         assert all(key in r for r in records[1:]), key
     assert "eval/accuracy" in records[0] and "eval/accuracy" in records[-1]
@@ -102,7 +102,7 @@ def test_math_grpo_then_dora_then_eval_on_files(tmp_path):
     dora = _math(indicator, world, tmp_path / "dora", 1, nora_dir=str(tmp_path / "nora" / "policy"))
     assert set(dora["mixtures"]) == {"dora+nora", "dora+ref", "nora+ref"}
     records = _lines(tmp_path / "dora" / "metrics.jsonl")
-    assert records[-1]["step"] == 1 and np.isfinite(records[-1]["kl/dora_nora_token"])
+    assert records[-1]["step"] == 1 and np.isfinite(records[-1]["kl/policy_nora_token"])
 
     out = tmp_path / "eval"
     result = subprocess.run(
@@ -128,13 +128,14 @@ def test_set_rl_trains_from_ref_with_the_shared_trainer(shared, tmp_path, varian
         jax.debug.callback(lambda *xs: seen.append([np.asarray(x) for x in xs]), rewards_PxG, clusters_PxG, out)
         return out
 
+    spy.uses, spy.reads = advantage.uses, advantage.reads  # what a registered advantage carries
     monkeypatch.setitem(objectives.ADVANTAGES, name, spy)
     summary = pipeline.run(c, str(tmp_path / c.name))
     assert set(summary["policies"]) == {"ref", "nora", c.name}
     records = [json.loads(line) for line in open(tmp_path / c.name / "metrics.jsonl")][1:]
     # The smoke Ref rarely solves a problem, so advantages may be 0; the run must still go through the
     # shared sampler -> scorer (Nora included, for the KL) -> update path and log every metric.
-    assert len(records) == 4 and all(np.isfinite([r["kl/dora_nora_token"], r["advantage/abs_mean"], r["loss"]]).all()
+    assert len(records) == 4 and all(np.isfinite([r["kl/policy_nora_token"], r["advantage/abs_mean"], r["loss"]]).all()
                                      for r in records)
     # Every update used the configured advantage on its batch's rewards and strategy labels (Countdown's
     # templates, -1 for none), and logged it.
@@ -150,7 +151,7 @@ def test_handover_trains_dora_on_her_own_windows(shared, tmp_path):
     assert "dora+nora" in summary["mixtures"]
     records = [json.loads(line) for line in open(tmp_path / "handover" / "metrics.jsonl")][1:]
     # Windows of 2 tokens alternate from Dora: she draws about half of every response's tokens.
-    assert all(0.4 < r["handover/dora_token_frac"] < 0.7 for r in records)
+    assert all(0.4 < r["handover/policy_token_frac"] < 0.7 for r in records)
 
 
 def test_distill_fine_tunes_nora_on_doras_correct_samples(shared, tmp_path, monkeypatch):
@@ -173,7 +174,8 @@ def test_distill_fine_tunes_nora_on_doras_correct_samples(shared, tmp_path, monk
 
 def test_compare_writes_one_table_and_plot(shared, tmp_path):
     out = tmp_path / "compare"
-    summaries = pipeline.compare(["configs/indicator.py:smoke", "configs/polyepo.py:smoke"], [0], str(out),
+    configs = {"indicator": indicator.get_config("smoke"), "polyepo": polyepo.get_config("smoke")}
+    summaries = experiments.compare(configs, [0], str(out),
                                  {"cache_dir": str(shared), "eval.samples": 8})
     assert set(summaries) == {"indicator", "polyepo"}
     table = (out / "compare.md").read_text()

@@ -144,6 +144,6 @@ def test_scored_trees_per_method():
     from configs import indicator, nora_grpo, polyepo
     from dora_jax.trainer.step import scored_trees
 
-    assert scored_trees(polyepo.get_config().objective) == ("dora", "nora")
-    assert scored_trees(nora_grpo.get_config().objective) == ("dora",)
-    assert scored_trees(indicator.get_config().objective) == ("dora", "nora", "ref")
+    assert scored_trees(polyepo.get_config().objective) == ("policy", "nora")
+    assert scored_trees(nora_grpo.get_config().objective) == ("policy",)
+    assert scored_trees(indicator.get_config().objective) == ("policy", "nora", "ref")

@@ -12,7 +12,7 @@ CFG = ModelConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_layer
 
 
 def _setup(T=9):
-    trees = {n: models.init_params(CFG, jax.random.key(i)) for i, n in enumerate(["ref", "nora", "dora"])}
+    trees = {n: models.init_params(CFG, jax.random.key(i)) for i, n in enumerate(["ref", "nora", "policy"])}
     rng = np.random.default_rng(0)
     tokens = jnp.asarray(rng.integers(0, CFG.vocab_size, (3, T)), jnp.int32)
     mask = np.ones((3, T), np.int32)
@@ -33,25 +33,25 @@ def test_matches_full_logits_for_every_tree_and_chunking():
         for name, p in trees.items():
             ref, _ = _reference(p, tokens, mask, 0.7)
             np.testing.assert_allclose(np.asarray(out[name]), ref, atol=1e-5)
-    _, lsm_d = _reference(trees["dora"], tokens, mask)
+    _, lsm_d = _reference(trees["policy"], tokens, mask)
     _, lsm_n = _reference(trees["nora"], tokens, mask)
     out = scoring.score(CFG, trees, tokens, mask)
     kl = np.sum(np.exp(lsm_d) * (lsm_d - lsm_n), axis=-1)[:, :-1]
     ent = -np.sum(np.exp(lsm_d) * lsm_d, axis=-1)[:, :-1]
-    np.testing.assert_allclose(np.asarray(out["kl/dora_nora"])[:, 1:], kl, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(out["entropy/dora"])[:, 1:], ent, atol=1e-5)
-    assert (np.asarray(out["kl/dora_nora"]) >= -1e-6).all()
+    np.testing.assert_allclose(np.asarray(out["kl/policy_nora"])[:, 1:], kl, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["entropy/policy"])[:, 1:], ent, atol=1e-5)
+    assert (np.asarray(out["kl/policy_nora"]) >= -1e-6).all()
 
 
 def test_gradient_through_chunked_scoring_matches_unchunked():
     trees, tokens, mask = _setup()
 
     def loss(p, chunk):
-        return scoring.token_logprobs(CFG, {"dora": p}, tokens, mask, kl=None, chunk=chunk)["dora"].sum()
+        return scoring.token_logprobs(CFG, {"policy": p}, tokens, mask, kl=None, chunk=chunk)["policy"].sum()
 
-    g_ref = jax.grad(lambda p: jnp.asarray(_reference_sum(p, tokens, mask)))(trees["dora"])
+    g_ref = jax.grad(lambda p: jnp.asarray(_reference_sum(p, tokens, mask)))(trees["policy"])
     for chunk in (2, 5):
-        g = jax.grad(loss)(trees["dora"], chunk)
+        g = jax.grad(loss)(trees["policy"], chunk)
         for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
 

@@ -92,7 +92,7 @@ def test_trainer_scalars_equal_metrics_jsonl_across_a_resume(tmp_path):
             if tag != "step":
                 expected.setdefault(tag, []).append((r["step"], value))
     events = read_events(str(tmp_path / "tensorboard"))
-    assert {"loss", "reward/mean", "kl/dora_nora_token", "perf/step_s", "eval/accuracy"} <= set(expected)
+    assert {"loss", "reward/mean", "kl/policy_nora_token", "perf/step_s", "eval/accuracy"} <= set(expected)
     assert set(events) == set(expected)
     for tag, items in expected.items():
         # Each step once: the killed run's step 3 is hidden behind the resumed run's.

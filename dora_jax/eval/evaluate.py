@@ -12,6 +12,7 @@ shared keys would correlate a policy with its fine-tuned copy and bias every mix
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import zlib
 
@@ -21,18 +22,36 @@ import tqdm
 from dora_jax.eval import passk
 from dora_jax.rollout.sampler import sample
 from dora_jax.rollout.source import row_keys, sampling_options
+from dora_jax.sections import parse, require
 
 QUICK_SAMPLES = 4  # samples per problem in a quick evaluation (enough for a per-problem strategy entropy)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """The `eval` config section: quick evaluations during training and the final one on held-out problems."""
+
+    every: int = 10  # updates between quick evaluations (eval/* metrics; 0 = only at the end)
+    quick_problems: int = 128  # held-out problems in a quick evaluation (4 samples each at the rollout temperature)
+    samples: int = 16  # samples per held-out problem in the final evaluation (pass@k for k <= samples)
+    max_problems: int = 0  # cap on held-out problems in the final evaluation (0 = all)
+
+    def __post_init__(self):
+        require(self.every >= 0, "every", self.every, "use 0 (only at the end) or a number of updates.")
+        require(self.quick_problems >= 1, "quick_problems", self.quick_problems, "evaluate at least one problem.")
+        require(self.samples >= 1, "samples", self.samples, "draw at least one sample per problem.")
+        require(self.max_problems >= 0, "max_problems", self.max_problems, "use 0 (all) or a positive cap.")
 
 
 class Evaluator:
     def __init__(self, task, model_config, config):
         self.task, self.model_config, self.config = task, model_config, config
+        self.options = parse(EvalConfig, config.eval, "eval")
         # Every sampler call has the training batch's row count, so evaluation reuses its compiled program.
         self.rows = config.rollout.prompts_per_step * config.objective.group_size
         problems = task.splits["eval"]
-        if config.eval.max_problems:
-            problems = problems[: config.eval.max_problems]
+        if self.options.max_problems:
+            problems = problems[: self.options.max_problems]
         self.problems = problems
         rare = getattr(task, "eval_rare_only", None)
         self.rare_only = None if rare is None else rare[: len(problems)]  # aligned with self.problems
@@ -66,13 +85,13 @@ class Evaluator:
     def quick(self, params, step: int) -> dict[str, float]:
         """A cheap held-out estimate for the training curves."""
         del step
-        problems = self.problems[: self.config.eval.quick_problems]
+        problems = self.problems[: self.options.quick_problems]
         r = self.sample(params, problems, QUICK_SAMPLES, seed=self.config.seed + 10_000)
         return {"eval/accuracy": float(r["correct"].mean()), "eval/valid_frac": float(r["valid"].mean()),
                 "eval/strategy_entropy": passk.strategy_entropy(r["strategy"])}
 
     def final(self, params_by_policy: dict) -> dict[str, dict[str, np.ndarray]]:
-        n = self.config.eval.samples
+        n = self.options.samples
         return {name: self.sample(params, self.problems, n, seed=self.config.seed + 20_000 + zlib.crc32(name.encode()),
                                   desc=f"eval {name} ({len(self.problems)} problems x {n})")
                 for name, params in params_by_policy.items()}

@@ -14,7 +14,7 @@ from dora_jax.eval import report
 CURVES = {
     "eval/accuracy": ("eval_accuracy", "held-out accuracy"),
     "reward/mean": ("critic_score", "critic score (mean training reward)"),
-    "kl/dora_nora_token": ("kl_dora_nora", "KL(Dora || Nora) per token (nats)"),
+    "kl/policy_nora_token": ("kl_dora_nora", "KL(Dora || Nora) per token (nats)"),
     "psi/mean": ("psi_mean", "psi mean"),
     "eval/strategy_entropy": ("strategy_entropy", "per-problem strategy entropy (bits)"),
     "eval/valid_frac": ("valid_frac", "valid answers (held-out)"),

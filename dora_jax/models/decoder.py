@@ -184,6 +184,41 @@ def unembed(config: ModelConfig, params: Params, hidden_BxTxD: jax.Array) -> jax
     return dense(hidden_BxTxD.astype(dtype), params["lm_head"].astype(dtype), preferred_element_type=jnp.float32)
 
 
+def embed(config: ModelConfig, embedding: jax.Array, tokens_BxT: jax.Array) -> jax.Array:
+    """Token embeddings [B, T, D] in the compute dtype."""
+    x_BxTxD = jnp.take(embedding, tokens_BxT, axis=0).astype(jnp.dtype(config.dtype))
+    return nn.with_logical_constraint(x_BxTxD, ("batch", "length", "embed"))
+
+
+def _final_norm(config: ModelConfig, **kw) -> RMSNorm:
+    return RMSNorm(config.rms_norm_eps, jnp.dtype(config.dtype), jnp.dtype(config.param_dtype), **kw)
+
+
+def layer_params(config: ModelConfig, params: Params) -> list[Params]:
+    """Per-layer slices of the stacked layer parameters (for `forward_with_layer_caches`)."""
+    return [jax.tree.map(lambda x, i=i: x[i], params["layers"]) for i in range(config.num_layers)]
+
+
+def forward_with_layer_caches(config: ModelConfig, params: Params, layers: list[Params], caches: list[Cache],
+                              tokens_BxT, positions_BxT, kv_mask_BxS, slot) -> tuple[jax.Array, list[Cache]]:
+    """The decoder for KV-cache decoding: f32 logits [B, V] of the last position, and the per-layer caches
+    with slots `slot:slot+T` written. `layers` = `layer_params(config, params)`.
+
+    The same embedding, `Block`s, final norm and head as `Decoder`, with the layers unrolled over
+    one cache each: `nn.scan` over a stacked [L, B, S, K, Dh] cache slices out and restacks every
+    layer's cache on each call (several full copies per decoded token); per-layer caches are
+    updated in place.
+    """
+    x_BxTxD = embed(config, params["embedding"], tokens_BxT)
+    new_caches = []
+    for layer, cache in zip(layers, caches):
+        x_BxTxD, cache = Block(config).apply({"params": layer}, x_BxTxD, cache, positions_BxT, kv_mask_BxS, slot)
+        new_caches.append(cache)
+    # Only the last position is unembedded: prefill never forms [B, P, V] logits.
+    x_Bx1xD = _final_norm(config).apply({"params": params["final_norm"]}, x_BxTxD[:, -1:])
+    return unembed(config, params, x_Bx1xD)[:, 0], new_caches
+
+
 class Decoder(nn.Module):
     """tokens -> logits (or final hidden states), with an optional explicit KV cache."""
     config: ModelConfig
@@ -192,11 +227,10 @@ class Decoder(nn.Module):
     def __call__(self, tokens_BxT, positions_BxT, kv_mask_BxS, cache: Cache | None = None, cache_index=0,
                  return_hidden: bool = False):
         c = self.config
-        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+        pdtype = jnp.dtype(c.param_dtype)
         embedding = self.param("embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
                                (c.vocab_size, c.hidden_size), pdtype)
-        x_BxTxD = nn.with_logical_constraint(jnp.take(embedding, tokens_BxT, axis=0).astype(dtype),
-                                             ("batch", "length", "embed"))
+        x_BxTxD = embed(c, embedding, tokens_BxT)
         block = Block
         if c.remat:
             block = nn.remat(Block, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)
@@ -205,7 +239,7 @@ class Decoder(nn.Module):
                         unroll=c.num_layers if c.unroll_layers else 1,
                         metadata_params={nn.PARTITION_NAME: "layers"})
         x_BxTxD, new_cache = stack(c, name="layers")(x_BxTxD, cache, positions_BxT, kv_mask_BxS, cache_index)
-        x_BxTxD = RMSNorm(c.rms_norm_eps, dtype, pdtype, name="final_norm")(x_BxTxD)
+        x_BxTxD = _final_norm(c, name="final_norm")(x_BxTxD)
         head = {"embedding": embedding}
         if not c.tie_word_embeddings:
             head["lm_head"] = self.param("lm_head", _init(0, ("embed", "vocab")), (c.hidden_size, c.vocab_size), pdtype)

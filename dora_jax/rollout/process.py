@@ -34,7 +34,9 @@ import ml_collections
 import numpy as np
 
 from dora_jax.models import ModelConfig, checkpoint, param_shapes
-from dora_jax.rollout.source import HostSide, RolloutMaker
+from dora_jax.batch import RolloutBatch
+from dora_jax.rollout.source import HostSide, MadeBatch, RolloutConfig, RolloutMaker
+from dora_jax.sections import parse
 from dora_jax.tasks import make_task
 
 _POLL_S = 0.5  # how often a blocked side checks that the other is alive
@@ -74,7 +76,7 @@ def _sampler_main(config_json: str, model_config_json: str, shm_name: str, locks
         layout = _Layout(model_config)
         shm = shared_memory.SharedMemory(name=shm_name)
         nora = None
-        if config.rollout.get("handover_window", 0):  # handover samples with Nora too: load her here
+        if config.rollout.handover_window:  # handover samples with Nora too: load her here
             nora = jax.device_put(checkpoint.load_policy(config.nora_dir, config.model).params)
         maker = RolloutMaker(make_task(config.task), model_config, config, nora_params=nora)
         newest, params, loaded = -1, None, -1
@@ -101,11 +103,11 @@ def _sampler_main(config_json: str, model_config_json: str, shm_name: str, locks
                     loaded = int(version[0])
                     params = jax.tree.unflatten(layout.treedef, [jax.device_put(np.array(x)) for x in leaves])
                     del version, leaves  # release the views so the block can close
-            batch = maker.make(position, params)
-            batch["version"] = loaded
+            made = maker.make(position, params)
+            made.version = loaded
             while True:
                 try:
-                    batches.put(batch, timeout=_POLL_S)
+                    batches.put(made, timeout=_POLL_S)
                     break
                 except queue.Full:
                     if os.getppid() != parent:
@@ -120,22 +122,19 @@ def _sampler_main(config_json: str, model_config_json: str, shm_name: str, locks
 
 
 class ProcessRollouts:
-    """A `BatchSource` fed by a sampler process; `publish` pushes Dora's parameters to it."""
+    """A `BatchSource` fed by a sampler process; `publish` pushes the policy's parameters to it."""
 
     def __init__(self, model_config: ModelConfig, config, samples_path: str | None = None):
-        r = config.rollout
-        if r.sync_every < 1 or r.max_staleness < r.sync_every - 1:
-            raise ValueError(f"config.rollout.sync_every={r.sync_every}, max_staleness={r.max_staleness}: parameters "
-                             "published every sync_every updates are up to sync_every - 1 updates old, so set "
-                             "max_staleness >= sync_every - 1 (and sync_every >= 1).")
+        r = parse(RolloutConfig, config.rollout, "rollout")  # checks sync_every against max_staleness
         if jax.process_count() > 1:
             raise ValueError("rollout.mode='process' runs one sampler next to a single-process learner; with "
                              f"{jax.process_count()} JAX processes use rollout.mode='inline'.")
-        if r.get("sampler_devices", 0):
+        if r.sampler_devices:
             raise ValueError(f"config.rollout.sampler_devices={r.sampler_devices} gives devices to the inline sampler; "
                              "the sampler process has a runtime of its own. Set rollout.sampler_devices=0 or use "
                              "rollout.mode='inline'.")
-        self.model_config, self.config = model_config, config
+        self.model_config, self.config, self.rollout = model_config, config, r
+        self.sync_s = 0.0  # seconds the last parameter push took
         self.host = HostSide(samples_path)
         self.layout = _Layout(model_config)
         self.position = 0
@@ -147,7 +146,7 @@ class ProcessRollouts:
         self.shm = shared_memory.SharedMemory(create=True, size=2 * self.layout.slot_bytes)
         self.locks = (ctx.Lock(), ctx.Lock())
         self.versions = ctx.Queue()
-        self.batches = ctx.Queue(maxsize=self.config.rollout.queue_size)
+        self.batches = ctx.Queue(maxsize=self.rollout.queue_size)
         self.process = ctx.Process(
             target=_sampler_main, name="dora_jax-sampler", daemon=True,
             args=(self.config.to_json_best_effort(), self.model_config.to_json(), self.shm.name, self.locks,
@@ -158,7 +157,7 @@ class ProcessRollouts:
         first = self.process is None  # the sampler needs the starting parameters, whatever the step
         if first:
             self._start()
-        if not first and step % self.config.rollout.sync_every:
+        if not first and step % self.rollout.sync_every:
             return
         start = time.perf_counter()
         host_leaves = jax.device_get(jax.tree.leaves(params))
@@ -172,22 +171,22 @@ class ProcessRollouts:
         self.versions.put(step)
         self.sync_s = time.perf_counter() - start
 
-    def next_batch(self, step: int) -> dict[str, np.ndarray]:
+    def next_batch(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
         while True:
-            batch = self._get()
-            if "error" in batch:
+            made = self._get()
+            if isinstance(made, dict):  # {"error": traceback} from the sampler process
                 self.close()
-                raise SamplerDiedError(f"the sampler process failed:\n{batch['error']}")
+                raise SamplerDiedError(f"the sampler process failed:\n{made['error']}")
             self.position += 1
-            staleness = step - batch.pop("version")
-            if staleness <= self.config.rollout.max_staleness:
+            staleness = step - made.version
+            if staleness <= self.rollout.max_staleness:
                 break
             self.dropped += 1
-        batch["host_metrics"].update({"rollout/staleness": float(staleness), "rollout/dropped": float(self.dropped),
-                                      "rollout/sync_s": getattr(self, "sync_s", 0.0)})
-        return self.host.receive(batch, step)
+        made.host_metrics.update({"rollout/staleness": float(staleness), "rollout/dropped": float(self.dropped),
+                                  "rollout/sync_s": self.sync_s})
+        return self.host.receive(made, step)
 
-    def _get(self) -> dict:
+    def _get(self) -> MadeBatch | dict:
         while True:
             try:
                 return self.batches.get(timeout=_POLL_S)

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dora_jax import distributed
-from dora_jax.models import ModelConfig, init_cache, positions_from_mask, unembed
-from dora_jax.models.decoder import Block, Cache, Params, RMSNorm
+from dora_jax.models import ModelConfig, init_cache, positions_from_mask
+from dora_jax.models.decoder import Params, forward_with_layer_caches, layer_params
 
 FINISH_STOP = 0  # a stop id was emitted (it is part of the response, mask 1)
 FINISH_LENGTH = 1  # max_new_tokens were emitted without a stop id
@@ -87,31 +87,6 @@ def filter_logits(logits_BxV: jax.Array, top_k: int = 0, top_p: float = 1.0) -> 
     return jnp.where(keys_BxV >= cutoff_Bx1, logits_BxV, -jnp.inf)
 
 
-def _layer_params(config: ModelConfig, params: Params) -> list[Params]:
-    """Per-layer slices of the scanned parameter stack, taken once outside the decode loop."""
-    return [jax.tree.map(lambda x, i=i: x[i], params["layers"]) for i in range(config.num_layers)]
-
-
-def _forward(config: ModelConfig, params: Params, layers: list[Params], caches: list[Cache], tokens_BxT, positions_BxT,
-             kv_mask_BxS, slot) -> tuple[jax.Array, list[Cache]]:
-    """f32 logits [B, V] of the last position, and the per-layer caches with slots `slot:slot+T` written.
-
-    The same layers as `models.apply`, unrolled: `nn.scan` over the stacked [L, B, S, K, Dh]
-    cache slices out and restacks every layer's cache on each call, several full copies of
-    the cache per decoded token; separate per-layer caches are updated in place instead.
-    """
-    dtype = jnp.dtype(config.dtype)
-    x_BxTxD = jnp.take(params["embedding"], tokens_BxT, axis=0).astype(dtype)
-    new_caches = []
-    for layer, cache in zip(layers, caches):
-        x_BxTxD, cache = Block(config).apply({"params": layer}, x_BxTxD, cache, positions_BxT, kv_mask_BxS, slot)
-        new_caches.append(cache)
-    norm = RMSNorm(config.rms_norm_eps, dtype, jnp.dtype(config.param_dtype))
-    # Only the last position is unembedded: prefill never forms [B, P, V] logits.
-    x_Bx1xD = norm.apply({"params": params["final_norm"]}, x_BxTxD[:, -1:])
-    return unembed(config, params, x_Bx1xD)[:, 0], new_caches
-
-
 def sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
            rngs_B: jax.Array, *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
            stop_ids: tuple[int, ...] = (), pad_id: int = 0, handover_window: int = 0,
@@ -133,7 +108,7 @@ def sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP: jax.Ar
 
     Compiled once per config, shapes and settings: the settings are normalised here so that
     equal settings spelled differently (a list of stop ids, an omitted default) share it.
-    Compile time grows with the depth (layers are unrolled, see `_forward`) and with the
+    Compile time grows with the depth (layers are unrolled, see `forward_with_layer_caches`) and with the
     number of cache phases (up to MAX_PHASES, see `_sample`).
     """
     K = len(policies)
@@ -210,11 +185,12 @@ def _sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP, promp
 
     # Prefill every policy's cache with the prompt, then draw step 0 from the last position. The
     # prompt attends over its own P slots only; the N response slots are appended afterwards.
-    layers_by_policy = [_layer_params(config, params) for params in policies]
+    layers_by_policy = [layer_params(config, params) for params in policies]
     empty = init_cache(config, B, P)
     empty = [{"k": empty["k"][i], "v": empty["v"][i]} for i in range(config.num_layers)]
-    prefilled = [_forward(config, params, layers, empty, prompt_BxP, positions_from_mask(prompt_mask_BxP),
-                          prompt_mask_BxP, 0) for params, layers in zip(policies, layers_by_policy)]
+    prefilled = [forward_with_layer_caches(config, params, layers, empty, prompt_BxP,
+                                           positions_from_mask(prompt_mask_BxP), prompt_mask_BxP, 0)
+                 for params, layers in zip(policies, layers_by_policy)]
     logits_KxBxV = jnp.stack([logits for logits, _ in prefilled])
     caches = tuple(cache for _, cache in prefilled)
     out = (jnp.full((N, B), pad_id, jnp.int32), jnp.zeros((N, K, B), jnp.float32), jnp.zeros((N, B), jnp.int32))
@@ -227,8 +203,9 @@ def _sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP, promp
         def body(state):
             t, caches, token_B, done_B, out = state
             # Feed step t-1's token into slot P + t - 1 of every policy's cache.
-            stepped = [_forward(config, params, layers, cache, token_B[:, None], prompt_len_Bx1 + t - 1, phase_kv_mask,
-                                P + t - 1) for params, layers, cache in zip(policies, layers_by_policy, caches)]
+            stepped = [forward_with_layer_caches(config, params, layers, cache, token_B[:, None],
+                                                 prompt_len_Bx1 + t - 1, phase_kv_mask, P + t - 1)
+                       for params, layers, cache in zip(policies, layers_by_policy, caches)]
             token_B, done_B, out = emit(t, jnp.stack([logits for logits, _ in stepped]), done_B, out)
             return t + 1, tuple(cache for _, cache in stepped), token_B, done_B, out
 

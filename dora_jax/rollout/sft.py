@@ -12,9 +12,38 @@ on the rare strategies does not wash out the ones she already solves with.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
+from dora_jax.batch import RolloutBatch
+from dora_jax.sections import parse, require
 from dora_jax.tasks import streams
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    """The `sft` config section of configs that train by SFT (configs/ref_sft.py, configs/distill.py)."""
+
+    batch_size: int = 256  # sequences per update
+
+    def __post_init__(self):
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "use at least one sequence per update.")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """The `distill` config section (configs/distill.py): Nora fine-tuned on the teacher's correct samples."""
+
+    samples_per_problem: int = 8  # the teacher's samples per training problem
+    rare_only: bool = True  # keep only strategies Nora rarely uses on that problem
+    rare_share: float = 0.25  # "rarely": in fewer than this share of Nora's own samples on the problem
+    nora_replay: bool = False  # also keep Nora's own correct samples (rehearsal of what she solves)
+
+    def __post_init__(self):
+        require(self.samples_per_problem >= 1, "samples_per_problem", self.samples_per_problem,
+                "sample the teacher at least once per problem.")
+        require(0 <= self.rare_share <= 1, "rare_share", self.rare_share, "use a share in [0, 1].")
 
 
 class SFTBatches:
@@ -31,7 +60,7 @@ class SFTBatches:
         self.P, self.N = prompt_len, response_len
         self.position = 0
 
-    def next_batch(self, step: int) -> dict[str, np.ndarray]:
+    def next_batch(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
         del step
         B, P, T = self.batch_size, self.P, self.P + self.N
         tokens = np.zeros((B, T), np.int32)
@@ -44,9 +73,10 @@ class SFTBatches:
             mask[row, P - len(prompt):P + len(answer)] = 1
             response[row, P:P + len(answer)] = 1
         self.position += B
-        return {"tokens_BxT": tokens, "mask_BxT": mask, "response_mask_BxT": response,
-                "logp_old_BxT": np.zeros((B, T), np.float32), "rewards_B": np.zeros(B, np.float32),
-                "clusters_B": np.full(B, -1, np.int32)}
+        batch = RolloutBatch(tokens_BxT=tokens, mask_BxT=mask, response_mask_BxT=response,
+                             logp_old_BxT=np.zeros((B, T), np.float32), rewards_B=np.zeros(B, np.float32),
+                             clusters_B=np.full(B, -1, np.int32))
+        return batch, {}
 
     def get_state(self) -> dict:
         return {"position": self.position}
@@ -56,7 +86,9 @@ class SFTBatches:
 
 def distill_corpus(evaluator, problems: list, dora_params, nora_params, cfg, seed: int
                    ) -> list[tuple[list[int], list[int], int]]:
-    """(prompt_ids, response_ids, strategy) examples from Dora's correct samples on `problems`."""
+    """(prompt_ids, response_ids, strategy) examples from Dora's correct samples on `problems`
+    (`cfg`: the `distill` section)."""
+    cfg = parse(DistillConfig, cfg, "distill")
     n = cfg.samples_per_problem
     dora = evaluator.sample(dora_params, problems, n, seed=seed, desc=f"distill: sample Dora ({len(problems)} x {n})")
     keep_PxN = dora["correct"].copy()

@@ -16,6 +16,7 @@ batch together and process 0 writes samples.jsonl.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -24,16 +25,64 @@ import tqdm
 from jax.sharding import PartitionSpec as P
 
 from dora_jax import distributed
+from dora_jax.batch import RolloutBatch
 from dora_jax.models.lm import boxed_shapes
 from dora_jax.tasks.diversity import make_diversity
 from dora_jax.rollout.sampler import Rollout, sample
 from dora_jax import sharding
+from dora_jax.sections import parse, require
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """The `rollout` config section: how responses are sampled and delivered to the learner."""
+
+    temperature: float = 1.0  # sampling temperature; the scorer divides logits by the same value
+    top_p: float = 1.0  # nucleus sampling mass (1 = off; log-probs stay those of the full distribution)
+    top_k: int = 0  # keep the k most likely tokens (0 = off)
+    max_new_tokens: int = 10  # response budget in tokens (the longest Countdown answer is 8 + <eos>)
+    prompts_per_step: int = 64  # prompts per update; the batch is prompts_per_step x group_size sequences
+    mode: str = "inline"  # the batch source (pipeline.BATCH_SOURCES): inline (in the learner) | process
+    sync_every: int = 1  # process mode: updates between parameter pushes to the sampler
+    max_staleness: int = 0  # process mode: drop batches sampled more than this many updates ago (0 = on-policy)
+    queue_size: int = 2  # process mode: batches the sampler may run ahead
+    samples_every: int = 10  # updates between sampled-text dumps to samples.jsonl (one group each)
+    handover_window: int = 0  # tokens per policy / Nora window in handover sampling (paper §5.2; 0 = off)
+    sampler_devices: int = 0  # devices set aside for sampling, in total over processes (0 = share the learner's)
+    sampler_tensor: int = 1  # tensor-parallel width of the sampler's mesh; its other devices split the rows
+
+    def __post_init__(self):
+        require(self.temperature > 0, "temperature", self.temperature, "sample at a positive temperature (1 = the policy).")
+        require(0 < self.top_p <= 1, "top_p", self.top_p, "use a mass in (0, 1] (1 = off).")
+        require(self.top_k >= 0, "top_k", self.top_k, "use 0 (off) or a positive count.")
+        require(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "allow at least one response token.")
+        require(self.prompts_per_step >= 1, "prompts_per_step", self.prompts_per_step, "use at least one prompt.")
+        require(self.sync_every >= 1, "sync_every", self.sync_every, "push parameters every 1 or more updates.")
+        require(self.max_staleness >= 0, "max_staleness", self.max_staleness, "use 0 (on-policy) or more updates.")
+        require(self.max_staleness >= self.sync_every - 1, "max_staleness",
+                self.max_staleness, f"parameters pushed every sync_every={self.sync_every} updates are up to "
+                "sync_every - 1 updates old: set max_staleness >= sync_every - 1.")
+        require(self.queue_size >= 1, "queue_size", self.queue_size, "let the sampler queue at least one batch.")
+        require(self.samples_every >= 0, "samples_every", self.samples_every, "use 0 (never) or a number of updates.")
+        require(self.handover_window >= 0, "handover_window", self.handover_window, "use 0 (off) or a window in tokens.")
+        require(self.sampler_devices >= 0 and self.sampler_tensor >= 1, "sampler_devices",
+                (self.sampler_devices, self.sampler_tensor), "use sampler_devices >= 0 and sampler_tensor >= 1.")
+
 
 VALIDITY_WARNING = 0.8  # warn once when fewer rollouts than this are well-formed (a drifting policy)
 
 
+@dataclasses.dataclass
+class MadeBatch:
+    """A batch as its maker hands it over: the learner's part and what stays on the host."""
+
+    batch: RolloutBatch
+    host_metrics: dict[str, float]  # e.g. rollout/valid_frac, written with the update's metrics
+    samples: list[dict]  # one group as text, every rollout.samples_every batches (samples.jsonl)
+    version: int = -1  # process mode: the parameter version it was sampled with
+
+
 def pack_batch(prompt_BxP: np.ndarray, prompt_mask_BxP: np.ndarray, rollout: Rollout, rewards_B: np.ndarray,
-               clusters_B: np.ndarray, trained_policy: int | None = None) -> dict[str, np.ndarray]:
+               clusters_B: np.ndarray, trained_policy: int | None = None) -> RolloutBatch:
     """The trainer's batch: [prompt | response] rows with behaviour log-probs on the response.
 
     `trained_policy` (handover) masks the loss to the tokens that policy drew.
@@ -43,20 +92,20 @@ def pack_batch(prompt_BxP: np.ndarray, prompt_mask_BxP: np.ndarray, rollout: Rol
         resp_mask = resp_mask * (np.asarray(rollout.policy_BxN) == trained_policy)
     B, P = prompt_BxP.shape
     zeros = np.zeros((B, P), np.float32)
-    return {
-        "tokens_BxT": np.concatenate([prompt_BxP, np.asarray(rollout.tokens_BxN)], axis=1).astype(np.int32),
-        "mask_BxT": np.concatenate([prompt_mask_BxP, np.asarray(rollout.mask_BxN)], axis=1).astype(np.int32),
-        "response_mask_BxT": np.concatenate([zeros, resp_mask], axis=1),
+    return RolloutBatch(
+        tokens_BxT=np.concatenate([prompt_BxP, np.asarray(rollout.tokens_BxN)], axis=1).astype(np.int32),
+        mask_BxT=np.concatenate([prompt_mask_BxP, np.asarray(rollout.mask_BxN)], axis=1).astype(np.int32),
+        response_mask_BxT=np.concatenate([zeros, resp_mask], axis=1),
         # The sampler's log-prob of response token j is the scorer's column P + j.
-        "logp_old_BxT": np.concatenate([zeros, np.asarray(rollout.logp_BxN, np.float32)], axis=1),
-        "rewards_B": np.asarray(rewards_B, np.float32),
-        "clusters_B": np.asarray(clusters_B, np.int32),
-    }
+        logp_old_BxT=np.concatenate([zeros, np.asarray(rollout.logp_BxN, np.float32)], axis=1),
+        rewards_B=np.asarray(rewards_B, np.float32),
+        clusters_B=np.asarray(clusters_B, np.int32),
+    )
 
 
 def sampling_options(config, task) -> dict:
     """`sample`'s keyword arguments from config.rollout and the task's stop / pad ids (training and eval alike)."""
-    r = config.rollout
+    r = parse(RolloutConfig, config.rollout, "rollout")
     return dict(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                 stop_ids=task.stop_ids, pad_id=task.pad_id)
 
@@ -71,7 +120,8 @@ class SamplerDevices:
     out by the config's rules (replicated unless `rollout.sampler_tensor` > 1)."""
 
     def __init__(self, model_config, config, devices):
-        mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": config.rollout.get("sampler_tensor", 1)}, devices)
+        tensor = parse(RolloutConfig, config.rollout, "rollout").sampler_tensor
+        mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": tensor}, devices)
         rules = tuple(tuple(r) for r in config.mesh.rules)
         self.param_shardings = sharding.tree_shardings(boxed_shapes(model_config), mesh, rules)
         self.rows_sharding = sharding.batch_sharding(mesh, rules, 1)
@@ -98,9 +148,10 @@ class RolloutMaker:
 
     def __init__(self, task, model_config, config, rows_sharding=None, nora_params=None):
         self.task, self.model_config, self.config = task, model_config, config
+        self.rollout = parse(RolloutConfig, config.rollout, "rollout")
         self.rows_sharding = rows_sharding  # where the sampler's rows go (see `sample`); None: with the params
-        # Handover (paper §5.2): windows of w tokens alternate between Dora and Nora; Dora learns on hers only.
-        self.handover_window = config.rollout.get("handover_window", 0)
+        # Handover (paper §5.2): windows of w tokens alternate between the policy and Nora; it learns on its own.
+        self.handover_window = self.rollout.handover_window
         if self.handover_window and nora_params is None:
             raise ValueError("config.rollout.handover_window > 0 needs Nora's parameters in the sampler; "
                              "set config.nora_dir.")
@@ -109,10 +160,10 @@ class RolloutMaker:
         # Functions that read the responses (embedding, LLM judge) get them decoded; task labels do not.
         self.reads_text = getattr(self.diversity, "reads_text", True)
 
-    def make(self, position: int, params) -> dict:
-        """The trainer batch plus "host_metrics" and "samples" (one group as text, every samples_every batches)."""
-        c = self.config
-        Q, G = c.rollout.prompts_per_step, c.objective.group_size
+    def make(self, position: int, params) -> MadeBatch:
+        """Batch `position`, sampled with `params`, with its host metrics and text samples."""
+        c, r = self.config, self.rollout
+        Q, G = r.prompts_per_step, c.objective.group_size
         problems = self.task.problems("rl", position * Q, Q, c.seed)
         prompt_QxP, mask_QxP = self.task.prompts(problems)
         prompt_BxP, mask_BxP = np.repeat(prompt_QxP, G, axis=0), np.repeat(mask_QxP, G, axis=0)
@@ -125,20 +176,20 @@ class RolloutMaker:
         clusters_B = self._clusters(prompt_QxP, mask_QxP, rollout, strategy_B)
         batch = pack_batch(prompt_BxP, mask_BxP, rollout, rewards_B, clusters_B,
                            trained_policy=0 if self.handover_window else None)
-        batch["host_metrics"] = {"rollout/valid_frac": float(np.mean(valid_B)),
-                                 "rollout/finished_frac": float(np.mean(rollout.finish_B == 0))}
+        host_metrics = {"rollout/valid_frac": float(np.mean(valid_B)),
+                        "rollout/finished_frac": float(np.mean(rollout.finish_B == 0))}
         if self.reads_text:
-            batch["host_metrics"]["diversity/fallbacks"] = float(self.diversity.stats.get("fallbacks", 0))
+            host_metrics["diversity/fallbacks"] = float(self.diversity.stats.get("fallbacks", 0))
         if self.handover_window:
-            batch["host_metrics"]["handover/dora_token_frac"] = float(
-                np.sum(batch["response_mask_BxT"]) / max(np.sum(rollout.mask_BxN), 1))
-        batch["samples"] = []
-        if c.rollout.samples_every and position % c.rollout.samples_every == 0:
-            batch["samples"] = [{"step": position + 1, "prompt": self.task.decode(prompt_BxP[g][mask_BxP[g] > 0]),
-                                 "response": self.task.decode(rollout.tokens_BxN[g][rollout.mask_BxN[g] > 0]),
-                                 "reward": float(rewards_B[g]),
-                                 "strategy": self.task.strategy_name(int(strategy_B[g]))} for g in range(G)]
-        return batch
+            host_metrics["handover/policy_token_frac"] = float(
+                np.sum(batch.response_mask_BxT) / max(np.sum(rollout.mask_BxN), 1))
+        samples = []
+        if r.samples_every and position % r.samples_every == 0:
+            samples = [{"step": position + 1, "prompt": self.task.decode(prompt_BxP[g][mask_BxP[g] > 0]),
+                        "response": self.task.decode(rollout.tokens_BxN[g][rollout.mask_BxN[g] > 0]),
+                        "reward": float(rewards_B[g]),
+                        "strategy": self.task.strategy_name(int(strategy_B[g]))} for g in range(G)]
+        return MadeBatch(batch, host_metrics, samples)
 
 
     def _clusters(self, prompt_QxP, mask_QxP, rollout: Rollout, strategy_B: np.ndarray) -> np.ndarray:
@@ -159,17 +210,16 @@ class HostSide:
         self.samples_path = samples_path if distributed.is_chief() else None
         self.warned = not distributed.is_chief()
 
-    def receive(self, batch: dict, step: int) -> dict:
-        samples = batch.pop("samples", [])
-        if self.samples_path and samples:
+    def receive(self, made: MadeBatch, step: int) -> tuple[RolloutBatch, dict[str, float]]:
+        if self.samples_path and made.samples:
             with open(self.samples_path, "a") as f:
-                f.writelines(json.dumps(s) + "\n" for s in samples)
-        valid_frac = batch["host_metrics"]["rollout/valid_frac"]
+                f.writelines(json.dumps(s) + "\n" for s in made.samples)
+        valid_frac = made.host_metrics["rollout/valid_frac"]
         if valid_frac < VALIDITY_WARNING and not self.warned:
             self.warned = True
             tqdm.tqdm.write(f"Warning: at step {step} only {valid_frac:.0%} of the rollouts are well-formed answers. The "
                             "policy is drifting off the task; lower config.optim.lr or set config.trainer.stop_kl.")
-        return batch
+        return made.batch, made.host_metrics
 
 
 class InlineRollouts:
@@ -193,10 +243,10 @@ class InlineRollouts:
         del step
         self.params = params if self.devices is None else self.devices.put(params)
 
-    def next_batch(self, step: int) -> dict[str, np.ndarray]:
-        batch = self.maker.make(self.position, self.params)
+    def next_batch(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
+        made = self.maker.make(self.position, self.params)
         self.position += 1
-        return self.host.receive(batch, step)
+        return self.host.receive(made, step)
 
     def get_state(self) -> dict:
         return {"position": self.position}

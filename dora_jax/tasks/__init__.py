@@ -1,20 +1,43 @@
 """Tasks as the pipeline sees them: splits, prompts, rewards and strategy labels in one object.
 
+    c.task = default_config("countdown")       # in a config: the task's own section, by name
     task = make_task(config.task)
     prompt_BxP, mask_BxP = task.prompts(problems)
     rewards_B, valid_B, strategy_B = task.score(problems, response_BxN)   # G responses per problem
 
 The embedded Countdown world (docs/design.md §7) is the default; `math` reads DeepScaleR / AIME-format
-files (`dora_jax.tasks.math`). A task is anything with these members; a new one is registered in TASKS.
+files (`dora_jax.tasks.math`). A task is a class with these members and a config section; a new one is
+registered in TASKS.
 """
 
-from dora_jax.tasks.countdown.task import CountdownTask
-from dora_jax.tasks.math.task import MathTask
+import ml_collections
 
-TASKS = {"countdown": CountdownTask, "math": MathTask}
+from dora_jax import sections
+from dora_jax.tasks.countdown.task import CountdownConfig, CountdownTask
+from dora_jax.tasks.math.task import MathConfig, MathTask
+
+TASKS = {"countdown": (CountdownTask, CountdownConfig), "math": (MathTask, MathConfig)}
+
+
+def _entry(name: str):
+    if name not in TASKS:
+        raise sections.ConfigError(f"config.task.name={name!r} is not a known task; use one of {', '.join(TASKS)}.")
+    return TASKS[name]
+
+
+def default_config(name: str = "countdown") -> ml_collections.ConfigDict:
+    """The `task` section of task `name` with its defaults."""
+    return sections.defaults(_entry(name)[1])
+
+
+def parse_config(section):
+    """The typed, checked `task` section (its `name` picks the task's config class)."""
+    return sections.parse(_entry(section.name)[1], section, "task")
+
+
+def task_class(name: str):
+    return _entry(name)[0]
 
 
 def make_task(cfg):
-    if cfg.name not in TASKS:
-        raise ValueError(f"config.task.name={cfg.name!r} is not a known task; use one of {', '.join(TASKS)}.")
-    return TASKS[cfg.name](cfg)
+    return task_class(cfg.name)(parse_config(cfg))

@@ -22,6 +22,7 @@ Exact duplicates (after stripping whitespace) always share a cluster, in every f
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import http.client
 import json
 import logging
@@ -37,33 +38,50 @@ from typing import Callable, Protocol, Sequence
 import ml_collections
 import numpy as np
 
+from dora_jax import sections
+from dora_jax.sections import require
+
 _log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingConfig:
+    threshold: float = 0.5  # cosine similarity at or above which two clusters merge
+    linkage: str = "average"  # cluster-to-cluster similarity: single (max) | average | complete (min)
+    model_dir: str = ""  # local HF encoder dir (mean pooling); "" = built-in hashed n-gram TF-IDF embedder
+    max_length: int = 512  # tokens per response fed to the HF encoder
+    ngram_min: int = 3  # shortest character n-gram of the built-in embedder (bytes)
+    ngram_max: int = 5  # longest character n-gram of the built-in embedder (bytes)
+    word_weight: float = 0.5  # share of word unigrams in the built-in cosine; the rest is char n-grams
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeConfig:
+    base_url: str = "http://127.0.0.1:8000/v1"  # OpenAI-compatible server: POST {base_url}/chat/completions
+    model: str = ""  # model name sent with each request (required)
+    api_key_env: str = ""  # env var holding the key, sent as "Bearer"; "" = no Authorization header
+    timeout_s: float = 60.0  # seconds per request (connect, wait for the reply, read it)
+    retries: int = 2  # extra attempts after a timeout, refused connection, 429/5xx or malformed reply
+    backoff_s: float = 2.0  # seconds slept before each retry
+    concurrency: int = 8  # groups judged in parallel
+    max_response_chars: int = 4_000  # longer responses are shown to the judge as head + " ... " + tail
+
+
+@dataclasses.dataclass(frozen=True)
+class DiversityConfig:
+    """The `diversity` config section; the chosen function checks its own subsection when it is built."""
+
+    name: str = "task_labels"  # registered diversity function (DIVERSITY): task_labels | embedding | llm_judge
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    llm_judge: JudgeConfig = JudgeConfig()
+
+    def __post_init__(self):
+        require(self.name in DIVERSITY, "name", self.name, f"use a registered function: {', '.join(DIVERSITY)}.")
 
 
 def default_config() -> ml_collections.ConfigDict:
     """The `diversity` config section with its defaults."""
-    c = ml_collections.ConfigDict()
-    c.name = "task_labels"  # registered diversity function (DIVERSITY): task_labels | embedding | llm_judge
-
-    c.embedding = ml_collections.ConfigDict()
-    c.embedding.threshold = 0.5  # cosine similarity at or above which two clusters merge
-    c.embedding.linkage = "average"  # cluster-to-cluster similarity: single (max) | average | complete (min)
-    c.embedding.model_dir = ""  # local HF encoder dir (mean pooling); "" = built-in hashed n-gram TF-IDF embedder
-    c.embedding.max_length = 512  # tokens per response fed to the HF encoder
-    c.embedding.ngram_min = 3  # shortest character n-gram of the built-in embedder (bytes)
-    c.embedding.ngram_max = 5  # longest character n-gram of the built-in embedder (bytes)
-    c.embedding.word_weight = 0.5  # share of word unigrams in the built-in cosine; the rest is char n-grams
-
-    c.llm_judge = ml_collections.ConfigDict()
-    c.llm_judge.base_url = "http://127.0.0.1:8000/v1"  # OpenAI-compatible server: POST {base_url}/chat/completions
-    c.llm_judge.model = ""  # model name sent with each request (required)
-    c.llm_judge.api_key_env = ""  # env var holding the key, sent as "Bearer"; "" = no Authorization header
-    c.llm_judge.timeout_s = 60.0  # seconds per request (connect, wait for the reply, read it)
-    c.llm_judge.retries = 2  # extra attempts after a timeout, refused connection, 429/5xx or malformed reply
-    c.llm_judge.backoff_s = 2.0  # seconds slept before each retry
-    c.llm_judge.concurrency = 8  # groups judged in parallel
-    c.llm_judge.max_response_chars = 4_000  # longer responses are shown to the judge as head + " ... " + tail
-    return c
+    return sections.defaults(DiversityConfig)
 
 
 class DiversityFn(Protocol):
@@ -191,7 +209,7 @@ class Embedding:
 
     reads_text = True
 
-    def __init__(self, cfg: ml_collections.ConfigDict):
+    def __init__(self, cfg: EmbeddingConfig):
         if cfg.linkage not in _LINKAGES:
             raise ValueError(f"diversity.embedding.linkage={cfg.linkage!r} is not one of {_LINKAGES}.")
         if not 1 <= cfg.ngram_min <= cfg.ngram_max:
@@ -340,7 +358,7 @@ class LLMJudge:
 
     reads_text = True
 
-    def __init__(self, cfg: ml_collections.ConfigDict):
+    def __init__(self, cfg: JudgeConfig):
         if not cfg.model:
             raise ValueError("diversity.llm_judge.model is empty; set it to the model name the server serves.")
         if not cfg.base_url.startswith(("http://", "https://")):
@@ -422,15 +440,14 @@ class LLMJudge:
         return content
 
 
-DIVERSITY: dict[str, Callable[[ml_collections.ConfigDict], DiversityFn]] = {
+DIVERSITY: dict[str, Callable[[DiversityConfig], DiversityFn]] = {
     "task_labels": lambda cfg: TaskLabels(),
     "embedding": lambda cfg: Embedding(cfg.embedding),
     "llm_judge": lambda cfg: LLMJudge(cfg.llm_judge),
 }
 
 
-def make_diversity(cfg: ml_collections.ConfigDict) -> DiversityFn:
-    """The diversity function a `diversity` config section (see `default_config`) selects by `cfg.name`."""
-    if cfg.name not in DIVERSITY:
-        raise ValueError(f"diversity.name={cfg.name!r} is not registered; choose one of {sorted(DIVERSITY)}.")
+def make_diversity(cfg) -> DiversityFn:
+    """The diversity function a `diversity` config section (DiversityConfig) selects by `cfg.name`."""
+    cfg = sections.parse(DiversityConfig, cfg, "diversity")
     return DIVERSITY[cfg.name](cfg)

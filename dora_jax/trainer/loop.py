@@ -3,9 +3,9 @@
     trainer = Trainer.from_config(config, workdir)   # restores the newest checkpoint in workdir if any
     trainer.run(batch_source)               # until config.trainer.num_steps
 
-A batch source produces rollout batches (see `dora_jax.trainer.step` for the fields) and
-can save and restore its position: `next_batch(step) -> dict`, `get_state() -> dict`,
-`set_state(dict)`. Its state is checkpointed with Dora's, so a resumed run sees exactly
+A batch source produces rollout batches (`dora_jax.batch.RolloutBatch`) and can save and
+restore its position: `next_batch(step) -> (RolloutBatch, host metrics)`, `get_state() -> dict`,
+`set_state(dict)`. Its state is checkpointed with the policy's, so a resumed run sees exactly
 the batches an uninterrupted one would.
 
 In a multi-process run (`dora_jax.distributed`) every process runs the same loop on a mesh
@@ -32,17 +32,20 @@ import tqdm
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dora_jax import distributed, models, sharding
+from dora_jax.batch import RolloutBatch
 from dora_jax.models import ModelConfig, checkpoint
-from dora_jax.trainer.state import TrainState, init_state, make_optimizer
-from dora_jax.trainer.step import BATCH_KEYS, jit_update, make_update
+from dora_jax.sharding import MeshConfig
+from dora_jax.trainer.state import OptimConfig, TrainState, init_state, make_optimizer
+from dora_jax.trainer.step import jit_update, make_update
+from dora_jax.sections import parse, require
 from dora_jax.writers import MetricWriter
 
 
 class BatchSource(Protocol):
-    def next_batch(self, step: int) -> dict[str, np.ndarray]: ...
+    def next_batch(self, step: int) -> tuple[RolloutBatch, dict[str, float]]: ...
     def get_state(self) -> dict: ...
     def set_state(self, state: dict) -> None: ...
-    # Optional: `publish(params, step)` receives Dora's parameters after every update (and the
+    # Optional: `publish(params, step)` receives the policy's parameters after every update (and the
     # initial ones), so a sampler can roll out the current policy; `close()` stops it.
 
 
@@ -53,7 +56,7 @@ class NonFiniteError(FloatingPointError):
 StopRule = Callable[[dict], "str | None"]  # a metrics record -> why training must stop (None: train on)
 
 
-def kl_cap(cap: float, metric: str = "kl/dora_nora_token") -> StopRule:
+def kl_cap(cap: float, metric: str = "kl/policy_nora_token") -> StopRule:
     """Stops once `metric` (KL(Dora || Nora) per token) exceeds `cap` nats: Dora far from Nora stops being a
     useful explorer (she forgets the task itself)."""
 
@@ -68,14 +71,21 @@ def kl_cap(cap: float, metric: str = "kl/dora_nora_token") -> StopRule:
 
 
 @dataclasses.dataclass(frozen=True)
-class LoopOptions:
-    """How the loop runs, not what it computes (config.trainer and the exported dtype)."""
+class TrainerConfig:
+    """The `trainer` config section: how long the loop runs, what it keeps, when it stops early."""
 
-    num_steps: int
-    checkpoint_every: int
-    keep_checkpoints: int = 2
-    progress: bool = True
-    export_dtype: str = "float32"  # parameter dtype of exported policies
+    num_steps: int = 60  # updates
+    checkpoint_every: int = 20  # updates between checkpoints (and at the end)
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk
+    progress: bool = True  # tqdm progress bar with ETA
+    stop_kl: float = 0.0  # stop once KL(policy || Nora) per token exceeds this many nats (0 = never)
+
+    def __post_init__(self):
+        require(self.num_steps >= 1, "num_steps", self.num_steps, "train for at least one update.")
+        require(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every,
+                "checkpoint every 1 or more updates (the last update is always saved).")
+        require(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "keep at least one checkpoint.")
+        require(self.stop_kl >= 0, "stop_kl", self.stop_kl, "use 0 (never stop) or a cap in nats per token.")
 
 
 @dataclasses.dataclass
@@ -96,11 +106,12 @@ class Trainer:
 
     def __init__(self, model_config: ModelConfig, frozen: dict[str, Any], init_params: Any,
                  tx: optax.GradientTransformation, update: Callable, mesh: jax.sharding.Mesh, rules, workdir: str,
-                 options: LoopOptions, stop_rules: Sequence[StopRule] = ()):
+                 options: TrainerConfig, stop_rules: Sequence[StopRule] = (), export_dtype: str = "float32"):
         """`frozen`: {"ref": params, "nora": params} (host or device trees; the same object twice is held once);
         `init_params`: the policy's initial parameters (may be one of the frozen trees); `update`: the pure
-        `update(state, frozen, batch) -> (state, metrics)` of `trainer.step.make_update`, jitted here."""
-        self.model_config, self.mesh, self.options = model_config, mesh, options
+        `update(state, frozen, batch) -> (state, metrics)` of `trainer.step.make_update`, jitted here;
+        `export_dtype`: the parameter dtype of exported policies."""
+        self.model_config, self.mesh, self.options, self.export_dtype = model_config, mesh, options, export_dtype
         self.rules = tuple(tuple(r) for r in rules)
         self.stop_rules = tuple(stop_rules)
         self.workdir = os.path.abspath(workdir)
@@ -116,8 +127,8 @@ class Trainer:
         # alias the donated train state.
         init = jax.jit(lambda p: init_state(jax.tree.map(jnp.copy, p), tx), out_shardings=self.state_shardings)
         self.state: TrainState = init(placed["init"])
-        self.batch_shardings = {k: sharding.batch_sharding(mesh, self.rules, 2 if k.endswith("BxT") else 1)
-                                for k in BATCH_KEYS}
+        self.batch_shardings = RolloutBatch(*(sharding.batch_sharding(mesh, self.rules, 2 if k.endswith("BxT") else 1)
+                                              for k in RolloutBatch._fields))
         self.update = jit_update(update, self.state_shardings, {k: self.param_shardings for k in self.frozen},
                                  self.batch_shardings, metrics_sharding=NamedSharding(mesh, P()))
         self.ckpt = ocp.CheckpointManager(
@@ -135,16 +146,16 @@ class Trainer:
         """The trainer `config` describes. `devices`: the run's devices (default: every process's); those of
         the sampler (config.rollout.sampler_devices) are left out of the learner's mesh."""
         model_config, frozen, init_params = initial_trees(config)
-        tx = make_optimizer(config.optim, config.trainer.num_steps)
+        options = parse(TrainerConfig, config.trainer, "trainer")
+        optim = parse(OptimConfig, config.optim, "optim")
+        tx = make_optimizer(optim, options.num_steps)
         update = make_update(model_config, config.objective, tx, temperature=config.rollout.temperature,
-                             grad_accum=config.optim.grad_accum, response_budget=config.rollout.max_new_tokens)
-        mesh = sharding.make_mesh(config.mesh, sharding.split_devices(config, devices)[0])
-        t = config.trainer
-        options = LoopOptions(num_steps=t.num_steps, checkpoint_every=t.checkpoint_every,
-                              keep_checkpoints=t.keep_checkpoints, progress=t.progress,
-                              export_dtype=config.model.param_dtype)
-        return cls(model_config, frozen, init_params, tx, update, mesh, config.mesh.rules, workdir, options,
-                   stop_rules=[kl_cap(t.stop_kl)] if t.stop_kl else [])
+                             grad_accum=optim.grad_accum, response_budget=config.rollout.max_new_tokens)
+        mesh_cfg = parse(MeshConfig, config.mesh, "mesh")
+        mesh = sharding.make_mesh(mesh_cfg, sharding.split_devices(config, devices)[0])
+        return cls(model_config, frozen, init_params, tx, update, mesh, mesh_cfg.rules, workdir, options,
+                   stop_rules=[kl_cap(options.stop_kl)] if options.stop_kl else [],
+                   export_dtype=config.model.param_dtype)
 
     def _place(self, trees: dict[str, Any]) -> dict[str, Any]:
         """`trees` on the mesh. Through the host: a process can put only a host value (its own identical
@@ -200,7 +211,7 @@ class Trainer:
 
         Every process of a multi-process run calls it: the parameters are gathered from all of them.
         """
-        saved_config = self.model_config.replace(dtype=self.options.export_dtype, remat=False, unroll_layers=False)
+        saved_config = self.model_config.replace(dtype=self.export_dtype, remat=False, unroll_layers=False)
         checkpoint.save(out_dir, saved_config, distributed.to_host(self.state.params))
 
     # ------------------------------------------------------------------ training
@@ -249,9 +260,8 @@ class Trainer:
             if publish is not None:
                 publish(self.state.params, start)
             for step in range(start, num_steps):
-                batch = source.next_batch(step)
-                host_metrics = batch.pop("host_metrics", {})  # e.g. the rollout's validity, computed on the host
-                tokens = int(np.sum(batch["mask_BxT"]))
+                batch, host_metrics = source.next_batch(step)  # host metrics: e.g. the rollout's validity
+                tokens = int(np.sum(batch.mask_BxT))
                 batch = distributed.global_arrays(batch, self.batch_shardings)
                 self.state, metrics = self.update(self.state, self.frozen, batch)
                 if publish is not None:
@@ -309,14 +319,17 @@ class Trainer:
         self._bar.set_postfix(postfix)
 
 
+POLICY_INITS = ("nora", "ref", "random")
+
+
 def initial_trees(config) -> tuple[ModelConfig, dict[str, Any], Any]:
     """(model config, {"ref": params, "nora": params}, the policy's initial params) of `config`.
 
     ref_dir / nora_dir are loaded (no nora_dir: Nora is ref, the same object); without a ref_dir the trees
-    are random (tests and benchmarks). `config.dora_init` picks the policy's start: "nora", "ref" or "random".
+    are random (tests and benchmarks). `config.policy_init` picks the policy's start: "nora", "ref" or "random".
     """
-    if config.dora_init not in ("nora", "ref", "random"):
-        raise ValueError(f"config.dora_init={config.dora_init!r}: use 'nora', 'ref' or 'random'.")
+    if config.policy_init not in POLICY_INITS:
+        raise ValueError(f"config.policy_init={config.policy_init!r}: use one of {', '.join(POLICY_INITS)}.")
     if config.ref_dir:
         ref = checkpoint.load_policy(config.ref_dir, config.model)
         nora = checkpoint.load_policy(config.nora_dir, config.model) if config.nora_dir else ref
@@ -325,7 +338,7 @@ def initial_trees(config) -> tuple[ModelConfig, dict[str, Any], Any]:
         model_config = ModelConfig(**config.model)
         frozen = {"ref": models.init_params(model_config, jax.random.key(config.seed + 1)),
                   "nora": models.init_params(model_config, jax.random.key(config.seed + 2))}
-    init = frozen.get(config.dora_init)
+    init = frozen.get(config.policy_init)
     if init is None:
         init = models.init_params(model_config, jax.random.key(config.seed))
     return model_config, frozen, init

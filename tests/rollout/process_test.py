@@ -21,7 +21,7 @@ def _config(**trainer):
     c = common.get_config("smoke")
     common.smoke(c)
     c.model.vocab_size = make_task(c.task).vocab_size
-    c.dora_init = "random"
+    c.policy_init = "random"
     c.objective.loss = "grpo"
     c.optim.lr = 1e-3
     c.mesh.update(data=1, fsdp=1, tensor=1)
@@ -43,9 +43,9 @@ class Recorder:
         if self.kill_after is not None and step == self.kill_after:
             self.killed_at = time.monotonic()
             os.kill(self.source.process.pid, signal.SIGKILL)
-        batch = self.source.next_batch(step)
-        self.batches.append({k: np.copy(v) for k, v in batch.items() if k != "host_metrics"})
-        return batch
+        batch, host_metrics = self.source.next_batch(step)
+        self.batches.append({k: np.copy(v) for k, v in batch._asdict().items()})
+        return batch, host_metrics
 
 
 def _run(config, workdir, mode):

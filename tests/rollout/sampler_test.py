@@ -128,13 +128,13 @@ def test_stop_ids_end_rows_and_the_loop(params, monkeypatch):
     stop_ids = tuple(range(0, CFG.vocab_size, 3))
     budget = 40
     forwards = []
-    counted = sampler._forward
+    counted = sampler.forward_with_layer_caches
 
     def counting_forward(*args, **kwargs):
         jax.debug.callback(lambda: forwards.append(1))
         return counted(*args, **kwargs)
 
-    monkeypatch.setattr(sampler, "_forward", counting_forward)
+    monkeypatch.setattr(sampler, "forward_with_layer_caches", counting_forward)
     config = CFG.replace(rms_norm_eps=1e-5)  # a config of its own, so `sample` retraces with the counter
     prompt, mask = _prompts([7, 3, 5, 1] * 2)
     out = rollout.sample(config, params[:1], prompt, mask, _keys(8), max_new_tokens=budget, stop_ids=stop_ids,

@@ -5,7 +5,7 @@ import types
 import numpy as np
 import pytest
 
-from dora_jax.rollout.sft import distill_corpus
+from dora_jax.rollout.sft import DistillConfig, distill_corpus
 
 
 class FakeEvaluator:
@@ -22,8 +22,7 @@ class FakeEvaluator:
 
 
 def _cfg(rare_only, rare_share=0.25, nora_replay=False):
-    return types.SimpleNamespace(samples_per_problem=4, rare_only=rare_only, rare_share=rare_share,
-                                 nora_replay=nora_replay)
+    return DistillConfig(samples_per_problem=4, rare_only=rare_only, rare_share=rare_share, nora_replay=nora_replay)
 
 
 RESULTS = {

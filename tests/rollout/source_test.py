@@ -34,9 +34,9 @@ class _Recorder(InlineRollouts):
         self.placed_on |= {d for x in jax.tree.leaves(self.params) for d in x.devices()}
 
     def next_batch(self, step):
-        batch = super().next_batch(step)
-        self.batches.append({k: np.copy(v) for k, v in batch.items() if k != "host_metrics"})
-        return batch
+        batch, host_metrics = super().next_batch(step)
+        self.batches.append({k: np.copy(v) for k, v in batch._asdict().items()})
+        return batch, host_metrics
 
 
 def _run(config, devices, workdir):

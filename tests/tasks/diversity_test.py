@@ -32,7 +32,7 @@ def config(name: str, **fields):
 
 def test_registry_and_unknown_name():
     assert set(dv.DIVERSITY) == {"task_labels", "embedding", "llm_judge"}
-    with pytest.raises(ValueError, match="not registered"):
+    with pytest.raises(ValueError, match="use a registered function"):
         dv.make_diversity(config("nope"))
 
 

@@ -17,7 +17,7 @@ from configs import common
 from dora_jax.testing import RandomRollouts
 from dora_jax import sharding
 from dora_jax.trainer import NonFiniteError, Trainer, make_optimizer, make_update
-from dora_jax.trainer.loop import LoopOptions, initial_trees
+from dora_jax.trainer.loop import TrainerConfig, initial_trees
 from dora_jax.trainer.step import CPU_UPDATE_OPTIONS_KNOWN
 
 SHAPE = dict(vocab_size=64, prompts=4, group_size=4, prompt_len=6, response_len=8)
@@ -37,7 +37,7 @@ def smoke_config(**trainer):
 def _one_update(config, devices, workdir, loss="dora_indicator"):
     config.objective.loss = loss
     trainer = Trainer.from_config(config, workdir, devices=devices)
-    batch = RandomRollouts(seed=3, **SHAPE).next_batch(0)
+    batch, _ = RandomRollouts(seed=3, **SHAPE).next_batch(0)
     state, metrics = trainer.update(trainer.state, trainer.frozen, batch)
     return trainer, jax.device_get(state.params), jax.device_get(metrics)
 
@@ -134,11 +134,11 @@ class _PoisonAt(RandomRollouts):
         self.bad_step = bad_step
 
     def next_batch(self, step):
-        batch = super().next_batch(step)
+        batch, host_metrics = super().next_batch(step)
         if step == self.bad_step:
-            batch["logp_old_BxT"][0, -1] = np.nan
-            batch["response_mask_BxT"][0, -1] = 1.0
-        return batch
+            batch.logp_old_BxT[0, -1] = np.nan
+            batch.response_mask_BxT[0, -1] = 1.0
+        return batch, host_metrics
 
 
 def test_nan_stops_with_step_and_metric_and_keeps_checkpoint(tmp_path):
@@ -166,7 +166,7 @@ def test_truncate_drops_lines_after_the_checkpoint_and_a_cut_off_last_line(tmp_p
 def test_cpu_update_turns_off_dot_library_fusions(tmp_path):
     """The update turns off XLA's YNNPACK dot fusions for itself only (step.CPU_UPDATE_OPTIONS)."""
     trainer = Trainer.from_config(smoke_config(), str(tmp_path), devices=jax.devices()[:1])
-    batch = RandomRollouts(seed=3, **SHAPE).next_batch(0)
+    batch, _ = RandomRollouts(seed=3, **SHAPE).next_batch(0)
     update_hlo = trainer.update.lower(trainer.state, trainer.frozen, batch).compile().as_text()
     plain_hlo = jax.jit(lambda a, b: a @ b).lower(np.ones((64, 64), np.float32), np.ones((64, 64), np.float32)) \
         .compile().as_text()
@@ -180,7 +180,7 @@ def _trainer_from_components(c, workdir, stop_rules):
     update = make_update(model_config, c.objective, tx, temperature=1.0, grad_accum=1,
                          response_budget=SHAPE["response_len"])
     mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
-    options = LoopOptions(num_steps=c.trainer.num_steps, checkpoint_every=100, progress=False)
+    options = TrainerConfig(num_steps=c.trainer.num_steps, checkpoint_every=100, progress=False)
     return Trainer(model_config, frozen, init, tx, update, mesh, c.mesh.rules, workdir, options, stop_rules)
 
 

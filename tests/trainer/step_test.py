@@ -6,6 +6,7 @@ import pytest
 
 from configs import common
 from dora_jax import models, objectives
+from dora_jax.batch import RolloutBatch
 from dora_jax.testing import RandomRollouts
 from dora_jax.trainer.state import init_state, make_optimizer
 from dora_jax.trainer.step import make_update
@@ -20,10 +21,10 @@ def _run(agg: str, extra_prompt_pad: int, loss: str = "grpo"):
                                       num_kv_heads=2, head_dim=8)
     tx = make_optimizer(c.optim, 1)
     state = init_state(models.init_params(model_config, jax.random.key(0)), tx)
-    batch = RandomRollouts(seed=3, vocab_size=64, prompts=2, group_size=4, prompt_len=6, response_len=N).next_batch(0)
-    batch.pop("host_metrics", None)
+    batch, _ = RandomRollouts(seed=3, vocab_size=64, prompts=2, group_size=4, prompt_len=6, response_len=N).next_batch(0)
     # More prompt columns, all padding: the same sequences in a batch whose longest prompt is longer.
-    batch = {k: np.pad(v, ((0, 0), (extra_prompt_pad, 0))) if k.endswith("BxT") else v for k, v in batch.items()}
+    batch = RolloutBatch(*(np.pad(v, ((0, 0), (extra_prompt_pad, 0))) if k.endswith("BxT") else v
+                           for k, v in batch._asdict().items()))
     update = jax.jit(make_update(model_config, c.objective, tx, temperature=1.0, grad_accum=1, response_budget=N))
     frozen = {"ref": state.params, "nora": state.params}
     new_state, metrics = update(state, frozen, batch)

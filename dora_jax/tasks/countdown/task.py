@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from dora_jax.tasks import streams
 from dora_jax.tasks.countdown import problems as countdown
 from dora_jax.tasks.countdown import verifier
+from dora_jax.sections import require
+
+
+@dataclasses.dataclass(frozen=True)
+class CountdownConfig:
+    """The `task` section of the embedded Countdown world (docs/design.md §7), generated from its seed."""
+
+    name: str = "countdown"
+    seed: int = 0  # problem generation and the disjoint SFT / RL / held-out split
+    num_problems: int = 3000  # distinct problems before the 55/30/15 split
+    sft_samples_per_problem: int = 8  # solutions per SFT problem, templates drawn by their corpus weights
+
+    def __post_init__(self):
+        require(self.num_problems >= 20, "num_problems", self.num_problems,
+                "generate at least 20 problems, so every split holds some.")
+        require(self.sft_samples_per_problem >= 1, "sft_samples_per_problem", self.sft_samples_per_problem,
+                "draw at least one solution per SFT problem.")
+
 
 class CountdownTask:
     """Countdown with disjoint SFT / RL / held-out problem splits, all generated from `cfg.seed`."""

@@ -1,6 +1,6 @@
 """Real math (docs/design.md §7): DeepScaleR-format training rows, AIME-format eval rows, the model's own chat template.
 
-    task = MathTask(config.task)      # config.task.name = "math"; see configs/common.py math()
+    task = MathTask(config.task)      # config.task.name = "math"; the section is MathConfig below
     batch = task.problems("rl", n * Q, Q, seed)          # batch n of the length-bucketed grain stream
     prompt_QxP, mask_QxP = task.prompts(batch)
     rewards_B, formatted_B, strategy_B = task.score(batch, response_BxN)
@@ -13,6 +13,7 @@ are dropped with a count, as veRL and DeepScaleR do. Rewards come from `dora_jax
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Sequence
@@ -22,6 +23,40 @@ import numpy as np
 from dora_jax.tasks.math import records, tfds_builder
 from dora_jax.tasks.streams import LengthBucketed, left_pad, prompt_stream
 from dora_jax.tasks.math import grader
+from dora_jax.sections import require
+
+SOURCES = ("files", "tfds")
+
+
+@dataclasses.dataclass(frozen=True)
+class MathConfig:
+    """The `task` section of real math: DeepScaleR-format training file, AIME-format eval file, a local model's
+    tokenizer and chat template (`configs/common.py:math`)."""
+
+    name: str = "math"
+    source: str = "files"  # files: local .json / .jsonl / .parquet | tfds: splits of a TFDS dataset from a manual dir
+    train_data: str = "data/deepscaler.jsonl"  # comma-separated training files (tfds: a split name)
+    eval_data: str = "data/aime2025.jsonl"  # held-out file (tfds: a split name); launch/eval.py takes any
+    problem_field: str = "problem"  # column holding the problem text
+    answer_field: str = "answer"  # column holding the gold answer (text or number)
+    tfds_manual_dir: str = ""  # tfds: dir with SPLIT.jsonl / .json / .parquet files
+    tfds_data_dir: str = "~/tensorflow_datasets"  # tfds: where the prepared ArrayRecord dataset is written
+    tokenizer_dir: str = ""  # local HF dir with the tokenizer and chat template ("" = ref_dir)
+    chat_template: bool = True  # wrap the problem as the chat template's user turn (False: plain text)
+    prompt_suffix: str = " Let's think step by step and output the final answer within \\boxed{}."
+    max_prompt_len: int = 1_024  # tokens; longer problems are dropped with a count
+    pad_multiple: int = 64  # prompt widths round up to this, so batches share a few compiled shapes
+    bucket_window: int = 8  # batches per length-sorting window (1 = no bucketing)
+    require_think_close: bool = False  # DeepScaleR: a response without </think> scores 0 and is unformatted
+    allow_fallback: bool = True  # grade "final answer is X" / "answer: X" when there is no \\boxed{}
+    grade_timeout_s: float = 2.0  # hard limit per sympy comparison (the worker process is killed past it)
+
+    def __post_init__(self):
+        require(self.source in SOURCES, "source", self.source, f"use one of {', '.join(SOURCES)}.")
+        require(self.max_prompt_len >= 1, "max_prompt_len", self.max_prompt_len, "allow prompts of 1+ tokens.")
+        require(self.pad_multiple >= 1, "pad_multiple", self.pad_multiple, "use 1 (no rounding) or more.")
+        require(self.bucket_window >= 1, "bucket_window", self.bucket_window, "use 1 (no bucketing) or more.")
+        require(self.grade_timeout_s > 0, "grade_timeout_s", self.grade_timeout_s, "give the grader a positive limit.")
 
 
 def load_tokenizer(path: str):
@@ -77,7 +112,7 @@ class MathTask:
             rows = [row for path in spec.split(",") for row in records.read_rows(path.strip(), fields)]
         elif self.cfg.source == "tfds":
             rows = tfds_builder.read_split(self.cfg.tfds_manual_dir, self.cfg.tfds_data_dir, spec, fields)
-        else:
+        else:  # MathConfig allows no other source
             raise ValueError(f"config.task.source={self.cfg.source!r}: use 'files' or 'tfds'.")
         ids = self.encode([r["problem"] for r in rows])
         kept = [{"problem": r["problem"], "answer": r["answer"], "prompt_ids": x}

@@ -1,0 +1,42 @@
+"""The build cache: policies the pipeline trained for other runs, kept under `config.cache_dir`.
+
+A config names how to build the policies it needs (`config.build.ref`, `.nora`, `.teacher`). A
+built policy lives in `CACHE_DIR/<name>-<hash of its config>/policy`, so a later run with the same
+building config reuses it, and any change to that config (a seed, a learning rate) builds anew.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+
+POLICY_DIR = "policy"  # the trained policy, exported as a model checkpoint inside the workdir
+ROLES = ("ref", "nora", "teacher")  # what `config.build` may hold; `config.<role>_dir` receives the build
+
+
+def cache_key(config) -> str:
+    """Hash of everything that changes a built policy (not where it is cached or how progress is shown)."""
+    c = copy.deepcopy(config)
+    c.cache_dir, c.trainer.progress = "", True
+    return hashlib.sha256(c.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:10]
+
+
+def build_workdir(build_config, cache_dir: str) -> str:
+    """Where the policy of `build_config` is (or will be) built."""
+    root = os.path.abspath(os.path.expanduser(cache_dir))
+    return os.path.join(root, f"{build_config.name}-{cache_key(build_config)}")
+
+
+def with_builds(config) -> list:
+    """The config and every config nested in its `build` section, recursively."""
+    out = [config]
+    for built in config.build.values():
+        out += with_builds(built)
+    return out
+
+
+def reseed(config, seed: int) -> None:
+    """Sets `seed` in the config and in the configs that build its policies: each seed is an independent pipeline."""
+    for target in with_builds(config):
+        target.seed = seed

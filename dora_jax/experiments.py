@@ -1,0 +1,109 @@
+"""Many runs of the pipeline, and evaluation without training.
+
+    experiments.train(config, workdir)          # one run, or a sweep when config.sweep is set
+    experiments.sweep(config, workdir)          # one run per value of config.sweep, overlays, sweep.md
+    experiments.compare({"indicator": c1, "polyepo": c2}, seeds=[0, 1, 2], workdir=...)   # compare.md
+    experiments.evaluate_policies(config, {"nora": DIR, "dora": DIR}, out_dir)          # passk.md
+
+Each run is `dora_jax.pipeline.run`; the policies a run builds are shared through the cache.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any
+
+from dora_jax import cache, distributed, pipeline, tasks
+from dora_jax.eval import plots, report
+from dora_jax.eval.evaluate import Evaluator, summarize
+from dora_jax.models import checkpoint
+
+
+def train(config, workdir: str) -> dict:
+    """`launch/train.py`: a sweep when `config.sweep` is set, otherwise one pipeline run."""
+    return sweep(config, workdir) if config.sweep else pipeline.run(config, workdir)
+
+
+def sweep(config, workdir: str) -> dict:
+    """One run per value of `config.sweep` ("field=v1,v2,..."), then overlay figures and sweep.md.
+
+    Sweeping `seed` reseeds the built ref and Nora too, so each seed is an independent pipeline.
+    """
+    field, _, values = config.sweep.partition("=")
+    if not field or not values:
+        raise ValueError(f"config.sweep={config.sweep!r}: write it as 'section.field=v1,v2,...', "
+                         "e.g. 'objective.beta=0.01,0.1,1' or 'seed=0,1,2'.")
+    section = config
+    for part in field.split(".")[:-1]:
+        section = section[part]
+    kind = type(section[field.split(".")[-1]])
+    summaries, runs = {}, {}
+    for value in values.split(","):
+        c = copy.deepcopy(config)
+        c.sweep = ""
+        if field == "seed":
+            cache.reseed(c, int(value))
+        else:
+            c.update_from_flattened_dict({field: kind(value)})
+        label = f"{field.split('.')[-1]}={value}"
+        summaries[label] = pipeline.run(c, os.path.join(workdir, label))
+        runs[label] = plots.read_metrics(os.path.join(workdir, label))
+    if distributed.is_chief():
+        plots.plot_curves(runs, os.path.join(workdir, "figures"))
+        text = report.sweep_table(field, summaries, config.name)
+        with open(os.path.join(workdir, "sweep.md"), "w") as f:
+            f.write(text)
+        print(text)
+    return {"runs": summaries}
+
+
+def compare(configs: dict[str, Any], seeds: list[int], workdir: str, overrides: dict | None = None) -> dict:
+    """Runs each config ({label: config}) for each seed (ref and Nora built per seed, shared by the configs),
+    then writes WORKDIR/compare.md (mean ± sample std per method) and WORKDIR/figures/compare_pass_at_k.png."""
+    summaries: dict[str, dict[int, dict]] = {}
+    for seed in seeds:
+        for label, config in configs.items():
+            c = copy.deepcopy(config)
+            cache.reseed(c, seed)
+            c.update_from_flattened_dict(overrides or {})
+            run_dir = os.path.join(workdir, f"seed={seed}", label.replace(":", "_"))
+            summaries.setdefault(label, {})[seed] = pipeline.run(c, run_dir)
+            # Rewritten after every run, so an interrupted comparison keeps a table of what finished.
+            text = report.compare_table(summaries, seeds)
+            if distributed.is_chief():
+                with open(os.path.join(workdir, "compare.md"), "w") as f:
+                    f.write(text)
+    if distributed.is_chief():
+        plots.plot_compare(summaries, os.path.join(workdir, "figures"))
+        print(text)
+    return summaries
+
+
+def evaluate_policies(config, policy_dirs: dict[str, str], out_dir: str) -> dict:
+    """pass@k of each policy (checkpoint or HF dir) and of every pair on the held-out split.
+
+    Writes OUT/eval.json, OUT/passk.md (every k up to eval.samples) and OUT/figures/.
+    """
+    config = copy.deepcopy(config)
+    if not policy_dirs:
+        raise ValueError("no policy to evaluate: pass --policy=NAME=DIR (a workdir's policy/ or a Hugging Face "
+                         "dir), once per policy.")
+    pipeline.check_config(config)
+    task = tasks.make_task(pipeline.with_tokenizer_dir(config.task, config.ref_dir or next(iter(policy_dirs.values()))))
+    loaded = {name: checkpoint.load_policy(path, config.model) for name, path in policy_dirs.items()}
+    model_config = next(iter(loaded.values())).config
+    evaluator = Evaluator(task, model_config, config)
+    summary = summarize(evaluator.final({n: lm.params for n, lm in loaded.items()}), task, evaluator.rare_only)
+    if not distributed.is_chief():
+        return summary
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "eval.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    with open(os.path.join(out_dir, "passk.md"), "w") as f:
+        f.write(f"# pass@k on {config.task.name} ({summary['num_problems']} problems x "
+                f"{summary['samples_per_problem']} samples; mixtures take k/2 samples from each policy)\n\n")
+        f.write("\n".join(report.passk_table(summary)) + "\n")
+    plots.plot_eval(summary, os.path.join(out_dir, "figures"))
+    return summary
