@@ -209,15 +209,32 @@ def evaluate_run(config, trainer: Trainer, evaluator: Evaluator, teacher, record
 
 
 def write_outputs(config, workdir: str, step: int, summary: dict, records: list[dict]) -> None:
-    """eval.json, figures/ (also as TensorBoard images) and report.md, which is printed."""
+    """eval.json, figures/ (also as TensorBoard images), the sampled text as TensorBoard text, and
+    report.md, which is printed."""
     with open(os.path.join(workdir, "eval.json"), "w") as f:
         json.dump(summary, f, indent=2)
     figures = os.path.join(workdir, "figures")
     pngs = plots.plot_curves({config.name: records}, figures) + plots.plot_eval(summary, figures)
-    with MetricWriter(workdir, enabled=True) as tb:  # the figures beside the run's curves in TensorBoard
+    with MetricWriter(workdir, enabled=True) as tb:  # beside the run's curves in TensorBoard
         for png in pngs:
             tb.image(step, "figures/" + os.path.basename(png).removesuffix(".png"), png)
+        for sample_step, text in _samples_markdown(os.path.join(workdir, "samples.jsonl")).items():
+            tb.text(sample_step, "samples", text)
     print(report.write_report(workdir, config, summary))
+
+
+def _samples_markdown(path: str) -> dict[int, str]:
+    """samples.jsonl as one markdown table per step (the group the rollout source kept as text)."""
+    tables: dict[int, list[str]] = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                s = json.loads(line)
+                cells = [str(s[k]).replace("|", "\\|").replace("\n", " ")
+                         for k in ("prompt", "response", "reward", "strategy")]
+                tables.setdefault(s["step"], ["| prompt | response | reward | strategy |", "|---|---|---|---|"])
+                tables[s["step"]].append("| " + " | ".join(cells) + " |")
+    return {step: "\n".join(rows) for step, rows in tables.items()}
 
 
 def quiet_info_logs() -> None:

@@ -55,7 +55,7 @@ import jax.numpy as jnp
 from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 
 from dora_jax import scoring
-from dora_jax.tasks import make_task
+from dora_jax import tasks
 from dora_jax.models import ModelConfig, checkpoint, hf
 from dora_jax.models.lm import boxed_shapes
 from dora_jax import sharding
@@ -123,7 +123,7 @@ def model_config_of(config) -> ModelConfig:
     if not config.ref_dir:
         model_config = ModelConfig(**config.model)
         if not model_config.vocab_size:  # 0 = the task tokenizer's size, as the pipeline fills it in
-            model_config = model_config.replace(vocab_size=make_task(config.task).vocab_size)
+            model_config = model_config.replace(vocab_size=tasks.make_task(config.task).vocab_size)
         return model_config
     path = os.path.expanduser(config.ref_dir)
     model_config = (checkpoint.read_config(path) if checkpoint.is_checkpoint(path)
@@ -151,10 +151,7 @@ def plan(config, mesh: Mapping[str, int] | None = None, prompt_len: int | None =
     state_bytes = _tree_bytes(state, abstract_mesh, rules)
     dora = _tree_bytes(state.params, abstract_mesh, rules)
 
-    P_len = prompt_len or config.task.get("max_prompt_len", 0) or getattr(make_task(config.task), "prompt_len", 0)
-    if not P_len:
-        raise ValueError(f"task {config.task.name!r} has no fixed prompt length and config.task.max_prompt_len is "
-                         "not set; pass the longest prompt in tokens (--prompt_len=N).")
+    P_len = prompt_len or tasks.task_class(config.task.name).prompt_budget(tasks.parse_config(config.task))
     T = P_len + config.rollout.max_new_tokens
     B = config.rollout.prompts_per_step * config.objective.group_size
     M = config.optim.grad_accum

@@ -51,12 +51,9 @@ def token_logprobs(config: ModelConfig, params_by_tree: Mapping[str, Params], to
 
     C = chunk or default_chunk(T)
     n_chunks = -(-(T - 1) // C)
-    pad = n_chunks * C - (T - 1)
     # Position t's hidden state predicts token t + 1.
-    targets = jnp.pad(tokens_BxT[:, 1:], ((0, 0), (0, pad)))
-    targets_NxBxC = targets.reshape(B, n_chunks, C).transpose(1, 0, 2)
-    hidden_NxBxCxD = {name: jnp.pad(h[:, :-1], ((0, 0), (0, pad), (0, 0)))
-                      .reshape(B, n_chunks, C, h.shape[-1]).transpose(1, 0, 2, 3) for name, h in hidden.items()}
+    targets_NxBxC = _chunks(tokens_BxT[:, 1:], C, n_chunks)
+    hidden_NxBxCxD = {name: _chunks(h[:, :-1], C, n_chunks) for name, h in hidden.items()}
 
     @functools.partial(jax.checkpoint, prevent_cse=False)
     def chunk_stats(h_by_tree, tgt_BxC):
@@ -79,6 +76,14 @@ def token_logprobs(config: ModelConfig, params_by_tree: Mapping[str, Params], to
     stats_NxBxC = jax.lax.map(lambda xs: chunk_stats(*xs), (hidden_NxBxCxD, targets_NxBxC))
     return {k: jnp.pad(v.transpose(1, 0, 2).reshape(B, n_chunks * C)[:, : T - 1], ((0, 0), (1, 0)))
             for k, v in stats_NxBxC.items()}
+
+
+def _chunks(x_BxTx: jax.Array, C: int, n_chunks: int) -> jax.Array:
+    """[B, T, ...] -> [n_chunks, B, C, ...], the sequence zero-padded to n_chunks * C."""
+    B, T = x_BxTx.shape[:2]
+    pad = [(0, 0), (0, n_chunks * C - T)] + [(0, 0)] * (x_BxTx.ndim - 2)
+    x = jnp.pad(x_BxTx, pad).reshape(B, n_chunks, C, *x_BxTx.shape[2:])
+    return jnp.moveaxis(x, 1, 0)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "temperature", "kl", "entropy_of", "chunk"))

@@ -46,6 +46,9 @@ def test_indicator_pipeline_writes_the_workdir_and_reuses_the_cache(tmp_path, ca
     events = read_events(str(workdir / "tensorboard"))  # the curves and figures, also for TensorBoard
     assert [s for s, _ in events["eval/accuracy"]] == [r["step"] for r in records if "eval/accuracy" in r]
     assert [s for s, _ in events["figures/pass_at_k"]] == [4]
+    samples = [json.loads(line) for line in open(workdir / "samples.jsonl")]  # the sampled text, per step
+    assert [s for s, _ in events["samples/text_summary"]] == sorted({s["step"] for s in samples})
+    assert samples[0]["response"].replace("|", "\\|") in events["samples/text_summary"][0][1]
     report = (workdir / "report.md").read_text()
     assert "Table 1" in report and "Table 2" in report and "Nora+Ref" in report
 

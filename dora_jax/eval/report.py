@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from dora_jax import objectives
+
 # Display order and labels of policies and mixtures in the tables.
 _LABEL = {"ref": "Ref", "nora": "Nora", "dora": "Dora", "distill": "Nora-distilled"}
 _TABLE2 = ("ref", "nora", "dora", "dora+nora", "dora+ref", "nora+ref")
@@ -63,6 +65,12 @@ def checks(summary: dict, kl: float | None) -> list[tuple[str, bool, str]]:
     return out
 
 
+def _dora_hyperparameters(objective_section) -> list[tuple[str, object]]:
+    """(name, value) of the psi temperature and clip range, for the losses that read them."""
+    hp = objectives.parse_config(objective_section)
+    return [(k, getattr(hp, k)) for k in ("beta", "delta") if k in objectives.get_loss(hp.loss).reads]
+
+
 def write_report(workdir: str, config, summary: dict) -> str:
     """Writes workdir/report.md (from eval.json's summary) and returns its text."""
     p, critic, timing = summary["policies"], summary["critic_score"], summary["timing"]
@@ -70,8 +78,7 @@ def write_report(workdir: str, config, summary: dict) -> str:
     lines = [f"# {config.name}: {config.objective.loss} on {config.task.name}", "",
              f"Held-out problems: {summary['num_problems']}, {summary['samples_per_problem']} samples each at "
              f"temperature {config.rollout.temperature}. Updates: {config.trainer.num_steps}, lr {config.optim.lr}"
-             + (f", beta {config.objective.beta}, delta {config.objective.delta}"
-                if config.objective.loss.startswith("dora") else "") + "."
+             + "".join(f", {k} {v}" for k, v in _dora_hyperparameters(config.objective)) + "."
              + (f" Training {summary['stopped_early']}" if summary.get("stopped_early") else ""), "",
              "## Table 1: accuracy and critic score", "",
              "| policy | accuracy (pass@1) | critic score | valid answers |", "|---|---|---|---|"]

@@ -77,6 +77,40 @@ def apply_rope(x_BxTxNxDh, positions_BxT, inv_freq, attention_scale: float):
     return x_BxTxNxDh * cos + rotated * sin
 
 
+def _write_cache(layer_cache: Cache, k_BxTxKxDh, v_BxTxKxDh, cache_index) -> Cache:
+    """The layer's cache with the new keys and values written at slots `cache_index:cache_index+T`."""
+    start = (0, cache_index, 0, 0)
+    return {"k": jax.lax.dynamic_update_slice(layer_cache["k"], k_BxTxKxDh.astype(layer_cache["k"].dtype), start),
+            "v": jax.lax.dynamic_update_slice(layer_cache["v"], v_BxTxKxDh.astype(layer_cache["v"].dtype), start)}
+
+
+def attend(q_BxTxKxGxDh, keys_BxSxKxDh, values_BxSxKxDh, mask_BxTxS, dtype, heads_major: bool) -> jax.Array:
+    """Grouped-query attention [B, T, K, G, Dh]: scores and softmax in f32 (bf16 attention logits saturate
+    and break sampler / scorer parity), products in `dtype`.
+
+    Heads-major operands ([B, K, G, T, Dh]) make the score and value matmuls plain batched matmuls,
+    which XLA runs faster (forward and backward) than with the heads in the middle. With a cache
+    (the sampler's prefill and decoding steps) the layout stays as stored: transposing the whole
+    cache at every step would cost more than it saves.
+    """
+    Dh = q_BxTxKxGxDh.shape[-1]
+    if heads_major:
+        q_BxKxGxTxDh = q_BxTxKxGxDh.transpose(0, 2, 3, 1, 4)
+        keys_BxKxSxDh = keys_BxSxKxDh.transpose(0, 2, 1, 3)
+        values_BxKxSxDh = values_BxSxKxDh.transpose(0, 2, 1, 3)
+        scores = jnp.einsum("BKGTd,BKSd->BKGTS", q_BxKxGxTxDh, keys_BxKxSxDh.astype(dtype),
+                            preferred_element_type=jnp.float32)
+    else:
+        scores = jnp.einsum("BTKGd,BSKd->BKGTS", q_BxTxKxGxDh, keys_BxSxKxDh.astype(dtype),
+                            preferred_element_type=jnp.float32)
+    scores = jnp.where(mask_BxTxS[:, None, None], scores * (Dh ** -0.5), jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    if heads_major:
+        out_BxKxGxTxDh = jnp.einsum("BKGTS,BKSd->BKGTd", probs, values_BxKxSxDh.astype(dtype))
+        return out_BxKxGxTxDh.transpose(0, 3, 1, 2, 4)
+    return jnp.einsum("BKGTS,BSKd->BTKGd", probs, values_BxSxKxDh.astype(dtype))
+
+
 class Attention(nn.Module):
     config: ModelConfig
 
@@ -106,38 +140,13 @@ class Attention(nn.Module):
         if layer_cache is None:
             keys_BxSxKxDh, values_BxSxKxDh, new_cache = k_BxTxKxDh, v_BxTxKxDh, None
         else:
-            start = (0, cache_index, 0, 0)
-            keys_BxSxKxDh = jax.lax.dynamic_update_slice(layer_cache["k"], k_BxTxKxDh.astype(layer_cache["k"].dtype), start)
-            values_BxSxKxDh = jax.lax.dynamic_update_slice(layer_cache["v"], v_BxTxKxDh.astype(layer_cache["v"].dtype), start)
-            new_cache = {"k": keys_BxSxKxDh, "v": values_BxSxKxDh}
+            new_cache = _write_cache(layer_cache, k_BxTxKxDh, v_BxTxKxDh, cache_index)
+            keys_BxSxKxDh, values_BxSxKxDh = new_cache["k"], new_cache["v"]
         S = keys_BxSxKxDh.shape[1]
         query_slots_T = cache_index + jnp.arange(T)
         mask_BxTxS = (jnp.arange(S)[None, None, :] <= query_slots_T[None, :, None]) & kv_mask_BxS[:, None, :].astype(bool)
-
-        # Heads-major operands ([B, K, G, T, Dh]) make the score and value matmuls plain batched
-        # matmuls, which XLA runs faster (forward and backward) than with the heads in the middle.
-        # With a cache (the sampler's prefill and decoding steps) the layout stays as stored:
-        # transposing the whole cache at every step would cost more than it saves.
-        heads_major = layer_cache is None
-        q_BxTxKxGxDh = q_BxTxHxDh.reshape(B, T, K, H // K, Dh)
-        if heads_major:
-            q_BxKxGxTxDh = q_BxTxKxGxDh.transpose(0, 2, 3, 1, 4)
-            keys_BxKxSxDh = keys_BxSxKxDh.transpose(0, 2, 1, 3)
-            values_BxKxSxDh = values_BxSxKxDh.transpose(0, 2, 1, 3)
-        # Scores and softmax in f32: bf16 logits of attention saturate and break sampler/scorer parity.
-        if heads_major:
-            scores = jnp.einsum("BKGTd,BKSd->BKGTS", q_BxKxGxTxDh, keys_BxKxSxDh.astype(dtype),
-                                preferred_element_type=jnp.float32)
-        else:
-            scores = jnp.einsum("BTKGd,BSKd->BKGTS", q_BxTxKxGxDh, keys_BxSxKxDh.astype(dtype),
-                                preferred_element_type=jnp.float32)
-        scores = jnp.where(mask_BxTxS[:, None, None], scores * (Dh ** -0.5), jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-        if heads_major:
-            out_BxKxGxTxDh = jnp.einsum("BKGTS,BKSd->BKGTd", probs, values_BxKxSxDh.astype(dtype))
-            out_BxTxKxGxDh = out_BxKxGxTxDh.transpose(0, 3, 1, 2, 4)
-        else:
-            out_BxTxKxGxDh = jnp.einsum("BKGTS,BSKd->BTKGd", probs, values_BxSxKxDh.astype(dtype))
+        out_BxTxKxGxDh = attend(q_BxTxHxDh.reshape(B, T, K, H // K, Dh), keys_BxSxKxDh, values_BxSxKxDh, mask_BxTxS,
+                                dtype, heads_major=layer_cache is None)
         out_BxTxHxDh = nn.with_logical_constraint(out_BxTxKxGxDh.reshape(B, T, H, Dh),
                                                   ("batch", "length", "heads", "head_dim"))
         wo = self.param("o_kernel", _init(1, ("heads", "head_dim", "embed")), (H, Dh, D), pdtype)

@@ -28,6 +28,7 @@ import signal
 import time
 import traceback
 from multiprocessing import shared_memory
+from typing import Any
 
 import jax
 import ml_collections
@@ -82,27 +83,11 @@ def _sampler_main(config_json: str, model_config_json: str, shm_name: str, locks
         newest, params, loaded = -1, None, -1
         position = start
         while True:
-            need = position - config.rollout.max_staleness
-            while True:  # read version notices: block until one is fresh enough, then take the newest
-                blocking = newest < need
-                try:
-                    message = versions.get(timeout=_POLL_S) if blocking else versions.get_nowait()
-                except queue.Empty:
-                    if not blocking:
-                        break
-                    if os.getppid() != parent:  # the learner is gone: nobody will read our batches
-                        return
-                    continue
-                if message is None:
-                    return
-                newest = max(newest, message)
+            newest = _newest_version(versions, newest, position - config.rollout.max_staleness, parent)
+            if newest is None:  # the learner said stop, or is gone
+                return
             if newest > loaded:
-                slot = newest % 2
-                with locks[slot]:
-                    version, leaves = layout.views(shm.buf, slot)
-                    loaded = int(version[0])
-                    params = jax.tree.unflatten(layout.treedef, [jax.device_put(np.array(x)) for x in leaves])
-                    del version, leaves  # release the views so the block can close
+                loaded, params = _read_params(layout, shm, locks, newest % 2)
             made = maker.make(position, params)
             made.version = loaded
             while True:
@@ -119,6 +104,34 @@ def _sampler_main(config_json: str, model_config_json: str, shm_name: str, locks
     finally:
         if shm is not None:
             shm.close()
+
+
+def _newest_version(versions, newest: int, need: int, parent: int) -> int | None:
+    """Reads the learner's version notices: blocks until one is at least `need`, then returns the newest
+    (None when the learner sent its stop notice or has died)."""
+    while True:
+        blocking = newest < need
+        try:
+            message = versions.get(timeout=_POLL_S) if blocking else versions.get_nowait()
+        except queue.Empty:
+            if not blocking:
+                return newest
+            if os.getppid() != parent:  # the learner is gone: nobody will read our batches
+                return None
+            continue
+        if message is None:
+            return None
+        newest = max(newest, message)
+
+
+def _read_params(layout: _Layout, shm, locks, slot: int) -> tuple[int, Any]:
+    """(version, parameters on the sampler's device) of one shared-memory slot, read under its lock."""
+    with locks[slot]:
+        version, leaves = layout.views(shm.buf, slot)
+        loaded = int(version[0])
+        params = jax.tree.unflatten(layout.treedef, [jax.device_put(np.array(x)) for x in leaves])
+        del version, leaves  # release the views so the block can close
+    return loaded, params
 
 
 class ProcessRollouts:

@@ -250,6 +250,10 @@ class Trainer:
     def _train(self, source: BatchSource, num_steps: int, eval_due: Callable, evaluate: Callable | None) -> None:
         start, pending = self.step, None
         publish = getattr(source, "publish", None)
+        # Without stop rules, step t-1's metrics are read only after step t is dispatched (host and device
+        # overlap). With them, each update's metrics are read as soon as it finishes, so the update whose
+        # record trips a rule is the last one applied.
+        overlap = not self.stop_rules
         self._last_time = time.perf_counter()
         # Every process computes the same metrics; process 0 writes them, also as TensorBoard scalars. Events a
         # killed run logged after its checkpoint are hidden, as _restore drops those lines of metrics.jsonl.
@@ -266,14 +270,17 @@ class Trainer:
                 self.state, metrics = self.update(self.state, self.frozen, batch)
                 if publish is not None:
                     publish(self.state.params, step + 1)
-                # Read step t-1's metrics only after step t is dispatched: host and device overlap.
                 if pending is not None:
                     self._log(pending)
                 pending = _Pending(step + 1, metrics, tokens, {**host_metrics, **eval_due(step + 1)})
-                stop = self._check_stop(self._written[-1] if self._written else {})
-                if stop or (step + 1) % self.options.checkpoint_every == 0 or step + 1 == num_steps:
+                if not overlap:
                     self._log(pending)
                     pending = None
+                stop = not overlap and self._check_stop(self._written[-1])
+                if stop or (step + 1) % self.options.checkpoint_every == 0 or step + 1 == num_steps:
+                    if pending is not None:
+                        self._log(pending)
+                        pending = None
                     self.save(source)
                 if stop:
                     tqdm.tqdm.write(self.stopped_early)
@@ -283,8 +290,8 @@ class Trainer:
         return next((reason for rule in self.stop_rules if (reason := rule(record))), None)
 
     def _check_stop(self, record: dict) -> bool:
-        """Whether a stop rule fires on `record`; the first time one does, training stops after this update."""
-        reason = self._stop_reason(record) if record and self.stopped_early is None else None
+        """Whether a stop rule fires on `record`, the update just applied; the first time one does, it is the last."""
+        reason = self._stop_reason(record) if self.stopped_early is None else None
         if reason:
             self.stopped_early, self._stop_record = f"stopped at step {self.step}: {reason}", record
         return bool(reason)

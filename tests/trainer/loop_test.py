@@ -189,10 +189,20 @@ def test_stop_rules_stop_and_a_resume_keeps_the_stop_while_its_rule_fires(tmp_pa
     reached = lambda record: "step 3 reached" if record.get("step", 0) >= 3 else None  # noqa: E731
     trainer = _trainer_from_components(c, str(tmp_path), [reached])
     trainer.run(RandomRollouts(seed=5, **SHAPE))
-    # The rule reads the newest metrics written, those of the update before the one just dispatched.
-    assert trainer.step == 4 and trainer.stopped_early == "stopped at step 4: step 3 reached"
+    # The rule reads the metrics of the update just applied: the one whose record trips it is the last.
+    assert trainer.step == 3 and trainer.stopped_early == "stopped at step 3: step 3 reached"
     again = _trainer_from_components(c, str(tmp_path), [reached])
-    assert again.run(RandomRollouts(seed=5, **SHAPE)) == [] and again.step == 4
+    assert again.run(RandomRollouts(seed=5, **SHAPE)) == [] and again.step == 3
     freed = _trainer_from_components(c, str(tmp_path), [])  # no rule fires any more: it trains on
     freed.run(RandomRollouts(seed=5, **SHAPE))
     assert freed.step == 6 and freed.stopped_early is None
+
+
+def test_a_stop_rule_reads_the_update_just_applied_also_right_after_a_resume(tmp_path):
+    c = smoke_config(num_steps=6)
+    _trainer_from_components(c, str(tmp_path), []).run(RandomRollouts(seed=5, **SHAPE), num_steps=3)  # saved at 3
+    reached = lambda record: "step 4 reached" if record["step"] >= 4 else None  # noqa: E731
+    resumed = _trainer_from_components(c, str(tmp_path), [reached])
+    written = resumed.run(RandomRollouts(seed=5, **SHAPE))
+    assert [r["step"] for r in written] == [4] and resumed.step == 4
+    assert resumed.stopped_early == "stopped at step 4: step 4 reached"

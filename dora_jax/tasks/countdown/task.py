@@ -37,6 +37,11 @@ class CountdownTask:
     exact_vocab = True  # the model is built for this tokenizer: another vocabulary means a model of another task
     needs_model_dir = False  # ref is trained from scratch (SFT on the embedded corpus) when no dir is given
 
+    @staticmethod
+    def prompt_budget(cfg: CountdownConfig) -> int:
+        """The widest prompt in tokens (for the memory planner, without building the task)."""
+        return countdown.PROMPT_LEN
+
     def __init__(self, cfg):
         self.cfg = cfg
         self.tokenizer = countdown.TOKENIZER

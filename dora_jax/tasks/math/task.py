@@ -95,6 +95,11 @@ class MathTask:
     exact_vocab = False  # the tokenizer's ids need only fit the model's (often padded) embedding
     needs_model_dir = True  # the tokenizer and the starting weights come from a local model dir
 
+    @staticmethod
+    def prompt_budget(cfg: MathConfig) -> int:
+        """The widest prompt in tokens (for the memory planner, without reading the data)."""
+        return cfg.max_prompt_len
+
     def __init__(self, cfg):
         self.cfg = cfg
         self.tokenizer = load_tokenizer(cfg.tokenizer_dir)
