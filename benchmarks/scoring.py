@@ -40,7 +40,7 @@ def main():
     mask = np.ones((B, T), np.int32)
     mask[: B // 2, : T // 8] = 0  # half the rows left-padded
     trees = {"ref": lm.params, "nora": jax.tree.map(lambda x: x * 1.0, lm.params),
-             "dora": jax.tree.map(lambda x: x * 1.0, lm.params)}
+             "policy": jax.tree.map(lambda x: x * 1.0, lm.params)}
     tok_j, mask_j = jax.device_put(tokens), jax.device_put(mask)
 
     def fused_logp():

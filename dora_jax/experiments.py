@@ -19,6 +19,7 @@ from dora_jax import cache, distributed, pipeline, tasks
 from dora_jax.eval import plots, report
 from dora_jax.eval.evaluate import Evaluator, summarize
 from dora_jax.models import checkpoint
+from dora_jax.sections import ConfigError
 
 
 def train(config, workdir: str) -> dict:
@@ -36,9 +37,13 @@ def sweep(config, workdir: str) -> dict:
         raise ValueError(f"config.sweep={config.sweep!r}: write it as 'section.field=v1,v2,...', "
                          "e.g. 'objective.beta=0.01,0.1,1' or 'seed=0,1,2'.")
     section = config
-    for part in field.split(".")[:-1]:
-        section = section[part]
-    kind = type(section[field.split(".")[-1]])
+    try:
+        for part in field.split(".")[:-1]:
+            section = section[part]
+        kind = type(section[field.split(".")[-1]])
+    except KeyError:
+        raise ConfigError(f"config.sweep={config.sweep!r}: this config has no field {field!r} (an objective "
+                          "section holds only the fields its loss and advantage read).") from None
     summaries, runs = {}, {}
     for value in values.split(","):
         c = copy.deepcopy(config)

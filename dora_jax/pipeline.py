@@ -20,10 +20,11 @@ import copy
 import json
 import os
 import shutil
+import sys
 import time
 from typing import Any
 
-from absl import flags, logging
+from absl import app, flags, logging
 
 from dora_jax import cache, distributed, objectives, sections, tasks
 from dora_jax.cache import POLICY_DIR
@@ -48,6 +49,7 @@ def run(config, workdir: str) -> dict:
     workdir = os.path.abspath(os.path.expanduser(workdir))
     config, timing = build_missing_policies(copy.deepcopy(config))
     task = load_task(config)
+    check_resumable(config, workdir)
     _write_config(config, workdir)
 
     start = time.perf_counter()
@@ -75,6 +77,9 @@ SECTIONS = {"optim": OptimConfig, "mesh": MeshConfig, "rollout": RolloutConfig, 
 def check_config(config) -> None:
     """Raises a ConfigError naming the field and the fix for anything in `config` (or the configs it builds
     from) that cannot work, before any work starts."""
+    if config.sweep:
+        raise sections.ConfigError(f"config.sweep={config.sweep!r} is set: a sweep is many runs; run it with "
+                                   "dora_jax.experiments.train (what launch/train.py calls).")
     for c in cache.with_builds(config):
         for name, cls in SECTIONS.items():
             sections.parse(cls, c[name], name)
@@ -142,6 +147,40 @@ def load_task(config):
     if config.model.vocab_size == 0:
         config.model.vocab_size = task.vocab_size
     return task
+
+
+# What a resumed run may change: how long and how it trains on, what it evaluates, where builds are cached.
+RESUMABLE_CHANGES = ("trainer.", "eval.", "cache_dir", "sweep", "build.")
+
+
+def check_resumable(config, workdir: str) -> None:
+    """Raises a ConfigError, before anything in `workdir` is written, when the workdir holds checkpoints of a
+    run whose config differs from `config` in anything a resume may not change (RESUMABLE_CHANGES)."""
+    saved_path = os.path.join(workdir, "config.json")
+    checkpoints = os.path.join(workdir, "checkpoints")
+    if not (os.path.exists(saved_path) and os.path.isdir(checkpoints) and os.listdir(checkpoints)):
+        return
+    with open(saved_path) as f:
+        saved = _flat(json.load(f))
+    new = _flat(json.loads(config.to_json_best_effort()))
+    changed = sorted(k for k in set(saved) | set(new)
+                     if saved.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES))
+    if changed:
+        shown = "; ".join(f"{k}: {saved.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}" for k in changed[:4])
+        raise sections.ConfigError(
+            f"{workdir} holds checkpoints of a run with another config ({shown}"
+            f"{'; ...' if len(changed) > 4 else ''}). A resume continues the same run, so use a new --workdir, "
+            f"or rerun with the config saved in {saved_path}; nothing in the workdir was changed.")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _write_config(config, workdir: str) -> None:
@@ -235,6 +274,38 @@ def _samples_markdown(path: str) -> dict[int, str]:
                 tables.setdefault(s["step"], ["| prompt | response | reward | strategy |", "|---|---|---|---|"])
                 tables[s["step"]].append("| " + " | ".join(cells) + " |")
     return {step: "\n".join(rows) for step, rows in tables.items()}
+
+
+def launch(main) -> None:
+    """`app.run(main)` for the launchers: absl logs from WARNING up (`quiet_info_logs`), and a config error,
+    whether a `--config.x=...` override naming no field or a ConfigError from the checks, ends the process
+    with one line naming it instead of a traceback."""
+    argv = sys.argv
+    try:
+        flags.FLAGS(sys.argv)  # parses the flags and applies the config overrides, as app.run would
+        argv = flags.FLAGS(sys.argv[:1])  # parsed: app.run must not apply the overrides a second time
+    except flags.Error as e:  # as app.run reports it
+        sys.exit(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.")
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        sys.exit(f"error: a --config override cannot be applied ({_one_line(e)}). Each section's fields are "
+                 "listed with their meaning in its component's config class (docs/architecture.md).")
+
+    def checked(argv):
+        quiet_info_logs()
+        try:
+            return main(argv)
+        except sections.ConfigError as e:
+            sys.exit(f"error: {e}")
+
+    app.run(checked, argv=argv)
+
+
+def _one_line(error: Exception) -> str:
+    """The message of `error` on one line (a KeyError inside an AttributeError arrives quoted and escaped)."""
+    text = str(error)
+    if len(text) > 1 and text[0] == text[-1] == "'":
+        text = text[1:-1]
+    return " ".join(text.replace("\\n", " ").replace("\\'", "'").split())
 
 
 def quiet_info_logs() -> None:

@@ -8,14 +8,12 @@ are built once and shared. Writes WORKDIR/compare.md, WORKDIR/figures/compare_pa
 each run's own workdir under WORKDIR/seed=S/.
 """
 
-import importlib
 import os
-import sys
 
 from absl import app, flags
+from ml_collections import config_flags
 
 from dora_jax import experiments, pipeline
-from dora_jax.sections import ConfigError
 
 METHODS = ["configs/indicator.py", "configs/clipped.py", "configs/polyepo.py", "configs/polyepo.py:pass_at_k",
            "configs/polyepo.py:grpo_diversity"]
@@ -27,27 +25,20 @@ _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny configs (seconds per run), for 
 
 
 def load(spec: str, smoke: bool = False):
-    """(label, config) of `configs/NAME.py[:VARIANT]` (the `configs` package); `smoke` adds the smoke variant."""
+    """(label, config) of `PATH/NAME.py[:VARIANT]`, loaded as `--config=` loads it; `smoke` adds the smoke variant."""
     path, _, variant = spec.partition(":")
-    name = os.path.splitext(os.path.basename(path))[0]
-    try:
-        module = importlib.import_module(f"configs.{name}")
-    except ModuleNotFoundError:
-        raise app.UsageError(f"--config={spec!r}: no configs/{name}.py; write e.g. configs/polyepo.py:pass_at_k.")
+    if not os.path.exists(path):
+        raise app.UsageError(f"--config={spec!r}: no file {path!r}; write e.g. configs/polyepo.py:pass_at_k.")
     arg = ",".join(v for v in (variant, "smoke" if smoke else "") if v)
-    return name + (f":{variant}" if variant else ""), module.get_config(arg or None)
+    config = config_flags.config_flags.ConfigFileFlagParser("config", lock_config=False).parse(path + (f":{arg}" if arg else ""))
+    return os.path.splitext(os.path.basename(path))[0] + (f":{variant}" if variant else ""), config
 
 
 def main(argv):
     del argv
-    pipeline.quiet_info_logs()
     configs = dict(load(spec, _SMOKE.value) for spec in _CONFIGS.value)
-    try:
-        experiments.compare(configs, [int(s) for s in _SEEDS.value], _WORKDIR.value,
-                            {"eval.samples": _EVAL_SAMPLES.value})
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
+    experiments.compare(configs, [int(s) for s in _SEEDS.value], _WORKDIR.value, {"eval.samples": _EVAL_SAMPLES.value})
 
 
 if __name__ == "__main__":
-    app.run(main)
+    pipeline.launch(main)

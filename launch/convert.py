@@ -7,7 +7,7 @@ The direction is read from `--src`: a directory with `config.json` and safetenso
 one with `model_config.json` is a dora_jax checkpoint.
 """
 
-from absl import app, flags
+from absl import flags
 
 from dora_jax import pipeline
 from dora_jax.models import convert
@@ -19,9 +19,8 @@ _DTYPE = flags.DEFINE_string("dtype", None, "parameter dtype to write (default: 
 
 def main(argv):
     del argv
-    pipeline.quiet_info_logs()
     print(convert.convert(_SRC.value, _DST.value, _DTYPE.value))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    pipeline.launch(main)

@@ -7,10 +7,10 @@ with what to change when the peak exceeds the device memory. Runs in seconds on 
 
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from dora_jax import plan
+from dora_jax import pipeline, plan
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/indicator.py[:variant].",
                                           lock_config=True)
@@ -34,4 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    pipeline.launch(main)

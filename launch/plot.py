@@ -7,8 +7,9 @@ WORKDIR/figures. Several: one overlay figure per curve, one line per workdir, in
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 
+from dora_jax import pipeline
 from dora_jax.eval import plots
 
 _WORKDIR = flags.DEFINE_multi_string("workdir", [], "Run directory holding metrics.jsonl; repeat to overlay.")
@@ -29,4 +30,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    pipeline.launch(main)

@@ -19,13 +19,11 @@ with the workdir on a filesystem they all share; rerunning it resumes from the l
 """
 
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from dora_jax import distributed, experiments, pipeline
-from dora_jax.sections import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/indicator.py[:variant].",
                                           lock_config=True)
@@ -46,14 +44,10 @@ def default_workdir(config_arg: str) -> str:
 
 def main(argv):
     del argv
-    pipeline.quiet_info_logs()
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                            heartbeat_timeout_s=_HEARTBEAT.value)
-    try:
-        experiments.train(_CONFIG.value, _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename))
-    except ConfigError as e:  # checked before any work: the message, not a traceback
-        sys.exit(f"error: {e}")
+    experiments.train(_CONFIG.value, _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    pipeline.launch(main)

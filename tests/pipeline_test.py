@@ -1,5 +1,6 @@
 """The whole pipeline in its smoke variants: embedded (ref SFT -> Nora GRPO -> Dora -> eval -> report) and real math."""
 
+import copy
 import json
 import os
 import re
@@ -11,8 +12,9 @@ import numpy as np
 
 import pytest
 
-from configs import clipped, distill, indicator, nora_grpo, polyepo
+from configs import clipped, common, distill, indicator, nora_grpo, polyepo
 from dora_jax import experiments, objectives, pipeline
+from dora_jax.sections import ConfigError
 from dora_jax.tasks.countdown import problems as countdown
 from tests import math_world
 from tests.writers_test import read_events
@@ -62,6 +64,23 @@ def test_indicator_pipeline_writes_the_workdir_and_reuses_the_cache(tmp_path, ca
 def shared(tmp_path_factory):
     """One cache of built smoke policies for the tests below."""
     return tmp_path_factory.mktemp("shared")
+
+
+def test_a_workdir_resumes_only_the_run_it_holds(shared, tmp_path):
+    workdir = tmp_path / "run"
+    c = _smoke(indicator, shared)
+    c.trainer.num_steps = 2
+    pipeline.run(c, str(workdir))
+    saved = (workdir / "config.json").read_text()
+    other = copy.deepcopy(c)
+    other.objective = common.objective("dora_clipped", keep=c.objective)  # same shapes, another loss
+    with pytest.raises(ConfigError, match=r"objective\.credit: '\(absent\)' -> 'token'; objective\.loss"):
+        pipeline.run(other, str(workdir))
+    assert (workdir / "config.json").read_text() == saved
+    longer = copy.deepcopy(c)
+    longer.trainer.num_steps = 3  # training on is a resume
+    pipeline.run(longer, str(workdir))
+    assert [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")] == [0, 1, 2, 3]
 
 
 def test_clipped_trains_dora(shared, tmp_path):

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from configs import common, distill, indicator, nora_grpo, polyepo, ref_sft
-from dora_jax import objectives, pipeline, sections
+from dora_jax import experiments, objectives, pipeline, sections
 from dora_jax.rollout.source import RolloutConfig
 from dora_jax.sections import ConfigError, require
 
@@ -67,6 +67,7 @@ def test_a_config_carries_only_the_fields_its_objective_reads():
     (lambda c: c.update(policy_init="scratch"), r"config\.policy_init='scratch': use one of nora, ref, random"),
     (lambda c: c.diversity.embedding.update(threshhold=0.3), r"did you mean diversity\.embedding\.threshold\?"),
     (lambda c: c.build.ref.trainer.update(num_steps=0), r"config\.trainer\.num_steps=0"),  # a config it builds from
+    (lambda c: c.update(sweep="seed=0,1"), r"config\.sweep='seed=0,1' is set: a sweep is many runs"),
     (lambda c: c.trainer.update(stop_kl=-1.0), r"config\.trainer\.stop_kl=-1\.0: use 0"),
 ])
 def test_check_config_rejects_a_bad_value_before_any_work(change, message, tmp_path):
@@ -85,3 +86,11 @@ def test_an_sft_loss_needs_its_section():
     common.sft(c)
     pipeline.check_config(c)
     assert RolloutConfig().max_staleness == 0
+
+
+def test_a_sweep_over_a_field_the_config_does_not_have_is_refused_before_any_run(tmp_path):
+    c = indicator.get_config("smoke")
+    c.sweep = "objective.k=2,4"  # the indicator's objective section has no k
+    with pytest.raises(ConfigError, match=r"config\.sweep='objective\.k=2,4': this config has no field"):
+        experiments.sweep(c, str(tmp_path))
+    assert not list(tmp_path.iterdir())

@@ -363,5 +363,10 @@ def _truncate_jsonl(path: str, step: int) -> None:
                     keep.append(line)
             except (json.JSONDecodeError, KeyError, TypeError):
                 pass  # a line cut short by a killed process: dropped, it is recomputed
-    with open(path, "w") as f:
+    # Written beside the file, then renamed over it: a kill mid-write leaves the old file, never a cut one.
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
         f.writelines(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

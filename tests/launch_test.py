@@ -1,0 +1,23 @@
+"""The launchers end a bad configuration with one line that names it: no traceback, nothing written."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.optim.lrr=1", "error: a --config override cannot be applied ('lrr' Did you mean \"lr\""),
+    ("--config.rollout.top_p=3.0", "error: config.rollout.top_p=3.0: use a mass in (0, 1]"),
+    ("--config.optim.lr=x", "FATAL Flags parsing error: flag --config.optim.lr=x"),
+])
+def test_a_bad_config_ends_in_one_line(override, message, tmp_path):
+    workdir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "launch/train.py", "--config=configs/indicator.py:smoke", override,
+                             f"--workdir={workdir}"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert not workdir.exists()
