@@ -19,12 +19,14 @@ with its traceback or exit signal within about a second; nothing hangs.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
 import time
 import traceback
 from multiprocessing import shared_memory
@@ -41,6 +43,7 @@ from dora_jax.sections import parse
 from dora_jax.tasks import make_task
 
 _POLL_S = 0.5  # how often a blocked side checks that the other is alive
+_PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
 
 class SamplerDiedError(RuntimeError):
@@ -70,6 +73,9 @@ class _Layout:
 def _sampler_main(config_json: str, model_config_json: str, shm_name: str, locks, versions, batches, start: int,
                   parent: int):
     """The sampler process: wait for fresh enough params, make batch n, put it on the queue, repeat."""
+    _die_with(parent)
+    # Exiting must never wait for the queue's feeder thread to push a batch into a pipe nobody reads.
+    batches.cancel_join_thread()
     shm = None
     try:
         config = ml_collections.ConfigDict(json.loads(config_json))
@@ -104,6 +110,17 @@ def _sampler_main(config_json: str, model_config_json: str, shm_name: str, locks
     finally:
         if shm is not None:
             shm.close()
+
+
+def _die_with(parent: int) -> None:
+    """Asks Linux to SIGKILL this process when the learner dies, even by SIGKILL (PR_SET_PDEATHSIG); the
+    learner's resource tracker then frees the shared memory and semaphores. Elsewhere the sampler notices a
+    dead learner at its next poll (os.getppid)."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the learner died before the call: nobody will read our batches
+        os._exit(0)
 
 
 def _newest_version(versions, newest: int, need: int, parent: int) -> int | None:

@@ -29,10 +29,11 @@ import logging
 import math
 import os
 import re
+import socket
 import threading
 import time
 import urllib.error
-import urllib.request
+import urllib.parse
 from typing import Callable, Protocol, Sequence
 
 import ml_collections
@@ -417,27 +418,64 @@ class LLMJudge:
         return _to_positions(np.arange(len(texts)), inverse)
 
     def _post(self, body: bytes) -> str:
-        """The message content of one chat completion; reads the body in chunks against a deadline so a server
-        that trickles bytes cannot hold the trainer much past timeout_s."""
+        """The message content of one chat completion, within timeout_s for the whole exchange: a watchdog shuts
+        the socket down at the deadline, so a server that trickles its headers or its body one byte at a time
+        cannot hold the trainer (each socket read alone would wait at most timeout_s)."""
         self._count("requests")
-        deadline = time.monotonic() + self.cfg.timeout_s
-        request = urllib.request.Request(self.url, data=body, headers=self.headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.cfg.timeout_s) as response:
-            chunks, size = [], 0
-            while chunk := response.read1(65_536):  # read1: one socket read, so each waits at most timeout_s
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > _MAX_REPLY_BYTES:
-                    raise _Malformed(f"reply larger than {_MAX_REPLY_BYTES} bytes")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"reply not read within {self.cfg.timeout_s} s")
+        url = urllib.parse.urlsplit(self.url)
+        connection = (http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection)(
+            url.hostname, url.port, timeout=self.cfg.timeout_s)
+        expired, sockets = threading.Event(), []
+
+        def expire():
+            expired.set()
+            for sock in sockets:  # the connection drops its own reference once the reply owns the socket
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked read with EOF
+                except OSError:
+                    pass
+
+        watchdog = threading.Timer(self.cfg.timeout_s, expire)
+        watchdog.daemon = True
+        watchdog.start()
         try:
-            content = json.loads(b"".join(chunks))["choices"][0]["message"]["content"]
+            connection.connect()  # bounded by timeout_s on its own
+            sockets.append(connection.sock)
+            if expired.is_set():
+                expire()
+            connection.request("POST", url.path + (f"?{url.query}" if url.query else ""), body=body,
+                               headers=self.headers)
+            response = connection.getresponse()
+            raw = _read_capped(response)
+            if response.status >= 400:
+                raise urllib.error.HTTPError(self.url, response.status, response.reason, response.headers, None)
+        except (OSError, http.client.HTTPException):
+            if expired.is_set():
+                raise TimeoutError(f"no complete reply within {self.cfg.timeout_s} s") from None
+            raise
+        finally:
+            watchdog.cancel()
+            connection.close()
+        if expired.is_set():  # the shutdown can also read as a clean end of a cut-short body
+            raise TimeoutError(f"no complete reply within {self.cfg.timeout_s} s")
+        try:
+            content = json.loads(raw)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise _Malformed(f"not an OpenAI chat completion ({type(e).__name__}: {e})") from None
         if not isinstance(content, str):
             raise _Malformed(f"message content is {type(content).__name__}, not text")
         return content
+
+
+def _read_capped(response: http.client.HTTPResponse) -> bytes:
+    """The reply body, refused past _MAX_REPLY_BYTES."""
+    chunks, size = [], 0
+    while chunk := response.read1(65_536):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > _MAX_REPLY_BYTES:
+            raise _Malformed(f"reply larger than {_MAX_REPLY_BYTES} bytes")
+    return b"".join(chunks)
 
 
 DIVERSITY: dict[str, Callable[[DiversityConfig], DiversityFn]] = {

@@ -3,6 +3,8 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import jax
@@ -117,3 +119,26 @@ def test_sync_every_pushes_parameters_every_other_update(tmp_path):
     # Versions 0, 2, 4 are pushed; batch n waits for a version >= n - 1, so staleness alternates.
     assert [r["rollout/staleness"] for r in records] == [0, 1, 0, 1]
     assert all(r["rollout/dropped"] == 0 for r in records)
+
+
+def test_a_killed_learner_leaves_no_sampler_and_no_shared_memory():
+    """SIGKILL the learner: the kernel kills its sampler (PR_SET_PDEATHSIG) and the shared block is freed."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run([sys.executable, "-m", "tests.rollout.orphan_script"], capture_output=True, text=True,
+                            cwd=root, timeout=600)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    pid, shm_name = result.stdout.splitlines()[-1].split()  # the last line: the warning of a random policy before
+
+    def running() -> bool:  # a zombie (killed, not yet reaped by whoever adopted it) runs no more
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    for _ in range(600):  # polled, not timed: the only bound is the test's own patience
+        if not running() and not os.path.exists(f"/dev/shm/{shm_name}"):
+            break
+        time.sleep(0.1)
+    assert not running(), f"the sampler process {pid} outlived its learner"
+    assert not os.path.exists(f"/dev/shm/{shm_name}"), "the learner's shared memory block leaked"

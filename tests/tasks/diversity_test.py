@@ -184,8 +184,10 @@ class FakeJudge(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.replies: list[tuple[int, bytes, float]] = []
         self.byte_gap_s = 0.0
+        self.endless_headers = False  # send a header line byte by byte that never ends
         self.requests: list[dict] = []
         self.lock = threading.Lock()
+        self.closing = threading.Event()
         self.url = f"http://127.0.0.1:{self.server_address[1]}/v1"
 
     def handle_error(self, request, client_address):
@@ -200,6 +202,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
             status, payload, delay = server.replies[min(len(server.requests), len(server.replies)) - 1]
         time.sleep(delay)
+        if server.endless_headers:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while not server.closing.is_set():
+                self.wfile.write(b"a")  # raises once the client hangs up
+                self.wfile.flush()
+                time.sleep(0.01)
+            return
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -221,6 +230,7 @@ def judge_server():
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     yield server
+    server.closing.set()
     server.shutdown()
     server.server_close()
 
@@ -312,6 +322,21 @@ def test_judge_trickling_server_times_out_within_bound(judge_server):
     np.testing.assert_array_equal(fn(["p"], [GROUP], None), [[0, 1, 2, 3]])
     assert time.monotonic() - start < 2 * TIMEOUT_S, time.monotonic() - start
     assert fn.stats["fallbacks"] == 1
+
+
+def test_judge_server_trickling_endless_headers_cannot_hold_the_call(judge_server):
+    # Each header byte arrives well within timeout_s and the headers never end: only a deadline on the whole
+    # exchange ends the request. The call runs in a thread so that a regression fails here instead of hanging.
+    judge_server.replies = [(200, b"", 0.0)]
+    judge_server.endless_headers = True
+    fn = make_judge(judge_server.url, retries=1)
+    out = {}
+    worker = threading.Thread(target=lambda: out.update(clusters=fn(["p"], [GROUP], None)), daemon=True)
+    worker.start()
+    worker.join(timeout=300)
+    assert not worker.is_alive(), "the judge is still waiting for the headers"
+    np.testing.assert_array_equal(out["clusters"], [[0, 1, 2, 3]])
+    assert fn.stats == {"groups": 1, "requests": 2, "retries": 1, "fallbacks": 1}
 
 
 def test_judge_retries_server_error_then_succeeds(judge_server):
