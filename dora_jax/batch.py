@@ -26,15 +26,3 @@ class RolloutBatch(NamedTuple):
     @property
     def rows(self) -> int:
         return int(np.shape(self.rewards_B)[0])
-
-    def check(self, group_size: int) -> "RolloutBatch":
-        """The batch itself, once its shapes and dtypes are those of the contract; a ValueError names the field."""
-        B, T = np.shape(self.tokens_BxT)
-        for name, value in self._asdict().items():
-            want = (B, T) if name.endswith("BxT") else (B,)
-            if np.shape(value) != want:
-                raise ValueError(f"batch field {name} has shape {np.shape(value)}, expected {want} (B={B} rows, "
-                                 f"T={T} tokens): the batch source built a malformed batch.")
-        if B % group_size:
-            raise ValueError(f"the batch has {B} rows, not a multiple of objective.group_size={group_size}.")
-        return self

@@ -235,8 +235,8 @@ def evaluate_run(config, trainer: Trainer, evaluator: Evaluator, teacher, record
     dirs = {name: config[f"{name}_dir"] for name in ("ref", "nora") if config[f"{name}_dir"]}
     policies = {name: trainer.frozen[name] for name in dirs}
     if teacher is not None:
-        dirs[_teacher_label(config)] = config.teacher_dir
-        policies[_teacher_label(config)] = teacher
+        label = _teacher_label(config)
+        dirs[label], policies[label] = config.teacher_dir, teacher
     policies[config.name] = trainer.state.params
     summary = summarize(evaluator.final(policies), evaluator.task, evaluator.rare_only)
     timing["final evaluation"] = time.perf_counter() - start

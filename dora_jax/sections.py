@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import typing
 from typing import Any, Mapping, TypeVar
 
@@ -59,11 +60,17 @@ def parse(cls: type[T], section: Mapping[str, Any] | Any, path: str) -> T:
             close = difflib.get_close_matches(name, fields, n=1)
             hint = f"did you mean {path}.{close[0]}?" if close else f"known fields: {', '.join(fields)}."
             raise ConfigError(f"config.{path}.{name} is not a field of config.{path}; {hint}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     try:
         return cls(**{name: _coerce(path, name, value, hints[name]) for name, value in values.items()})
     except _FieldError as e:
         raise ConfigError(f"config.{path}.{e}") from None
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """The fields' declared types (resolved once per class: sections are parsed on every batch)."""
+    return typing.get_type_hints(cls)
 
 
 def _coerce(path: str, name: str, value: Any, hint: Any) -> Any:

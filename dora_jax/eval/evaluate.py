@@ -21,7 +21,7 @@ import tqdm
 
 from dora_jax.eval import passk
 from dora_jax.rollout.sampler import sample
-from dora_jax.rollout.source import row_keys, sampling_options
+from dora_jax.rollout.source import RolloutConfig, row_keys, sampling_options
 from dora_jax.sections import parse, require
 
 QUICK_SAMPLES = 4  # samples per problem in a quick evaluation (enough for a per-problem strategy entropy)
@@ -47,8 +47,9 @@ class Evaluator:
     def __init__(self, task, model_config, config):
         self.task, self.model_config, self.config = task, model_config, config
         self.options = parse(EvalConfig, config.eval, "eval")
+        self.rollout = parse(RolloutConfig, config.rollout, "rollout")
         # Every sampler call has the training batch's row count, so evaluation reuses its compiled program.
-        self.rows = config.rollout.prompts_per_step * config.objective.group_size
+        self.rows = self.rollout.prompts_per_step * config.objective.group_size
         problems = task.splits["eval"]
         if self.options.max_problems:
             problems = problems[: self.options.max_problems]
@@ -71,7 +72,7 @@ class Evaluator:
         for i in tqdm.trange(chunks, desc=desc, disable=desc is None or not c.trainer.progress, leave=False):
             sl = slice(i * rows, (i + 1) * rows)
             out = sample(self.model_config, (params,), prompt_BxP[sl], mask_BxP[sl], row_keys(seed, i, rows),
-                         **sampling_options(c, self.task))
+                         **sampling_options(self.rollout, self.task))
             tokens.append(np.asarray(out.tokens_BxN))
             masks.append(np.asarray(out.mask_BxN))
             lengths.append(np.asarray(out.lengths_B))

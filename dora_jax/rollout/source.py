@@ -103,9 +103,8 @@ def pack_batch(prompt_BxP: np.ndarray, prompt_mask_BxP: np.ndarray, rollout: Rol
     )
 
 
-def sampling_options(config, task) -> dict:
-    """`sample`'s keyword arguments from config.rollout and the task's stop / pad ids (training and eval alike)."""
-    r = parse(RolloutConfig, config.rollout, "rollout")
+def sampling_options(r: RolloutConfig, task) -> dict:
+    """`sample`'s keyword arguments from the rollout section and the task's stop / pad ids (training and eval)."""
     return dict(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                 stop_ids=task.stop_ids, pad_id=task.pad_id)
 
@@ -170,7 +169,7 @@ class RolloutMaker:
         policies = (params, self.nora_params) if self.handover_window else (params,)
         rollout = sample(self.model_config, policies, prompt_BxP, mask_BxP, row_keys(c.seed, position, Q * G),
                          handover_window=self.handover_window, rows_sharding=self.rows_sharding,
-                         **sampling_options(c, self.task))
+                         **sampling_options(r, self.task))
         rollout = jax.device_get(rollout)
         rewards_B, valid_B, strategy_B = self.task.score(problems, rollout.tokens_BxN)
         clusters_B = self._clusters(prompt_QxP, mask_QxP, rollout, strategy_B)

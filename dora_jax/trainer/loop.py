@@ -36,7 +36,7 @@ from dora_jax.batch import RolloutBatch
 from dora_jax.models import ModelConfig, checkpoint
 from dora_jax.sharding import MeshConfig
 from dora_jax.trainer.state import OptimConfig, TrainState, init_state, make_optimizer
-from dora_jax.trainer.step import jit_update, make_update
+from dora_jax.trainer.step import KL_METRIC, jit_update, make_update
 from dora_jax.sections import parse, require
 from dora_jax.writers import MetricWriter
 
@@ -56,7 +56,7 @@ class NonFiniteError(FloatingPointError):
 StopRule = Callable[[dict], "str | None"]  # a metrics record -> why training must stop (None: train on)
 
 
-def kl_cap(cap: float, metric: str = "kl/policy_nora_token") -> StopRule:
+def kl_cap(cap: float, metric: str = KL_METRIC) -> StopRule:
     """Stops once `metric` (KL(Dora || Nora) per token) exceeds `cap` nats: Dora far from Nora stops being a
     useful explorer (she forgets the task itself)."""
 
@@ -250,10 +250,6 @@ class Trainer:
     def _train(self, source: BatchSource, num_steps: int, eval_due: Callable, evaluate: Callable | None) -> None:
         start, pending = self.step, None
         publish = getattr(source, "publish", None)
-        # Without stop rules, step t-1's metrics are read only after step t is dispatched (host and device
-        # overlap). With them, each update's metrics are read as soon as it finishes, so the update whose
-        # record trips a rule is the last one applied.
-        overlap = not self.stop_rules
         self._last_time = time.perf_counter()
         # Every process computes the same metrics; process 0 writes them, also as TensorBoard scalars. Events a
         # killed run logged after its checkpoint are hidden, as _restore drops those lines of metrics.jsonl.
@@ -270,13 +266,14 @@ class Trainer:
                 self.state, metrics = self.update(self.state, self.frozen, batch)
                 if publish is not None:
                     publish(self.state.params, step + 1)
+                # Step t-1's metrics are read only after step t is dispatched: host and device overlap. With stop
+                # rules an update's metrics are read at once, so the update whose record trips a rule is the last.
                 if pending is not None:
                     self._log(pending)
-                pending = _Pending(step + 1, metrics, tokens, {**host_metrics, **eval_due(step + 1)})
-                if not overlap:
+                pending, stop = _Pending(step + 1, metrics, tokens, {**host_metrics, **eval_due(step + 1)}), False
+                if self.stop_rules:
                     self._log(pending)
-                    pending = None
-                stop = not overlap and self._check_stop(self._written[-1])
+                    pending, stop = None, self._check_stop(self._written[-1])
                 if stop or (step + 1) % self.options.checkpoint_every == 0 or step + 1 == num_steps:
                     if pending is not None:
                         self._log(pending)
