@@ -62,6 +62,7 @@ def get_config(arg=None):
     c.model.param_dtype = "float32"  # master parameter dtype
     c.model.remat = False  # rematerialise each layer in the backward pass
     c.model.unroll_layers = True  # trace each layer: faster updates on CPU; compile time grows with depth
+    c.model.attention_chunk = 512  # query positions per attention block in longer passes (no [T, T] scores)
 
     # Policies: where the parameter trees come from ("" = random init, for tests).
     c.ref_dir = ""  # HF dir or dora_jax checkpoint of the reference model pi_ref

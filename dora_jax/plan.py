@@ -10,32 +10,29 @@ decoder init and of `init_state` with the optimizer `make_optimizer` builds, lai
 64 devices runs on a laptop. A leaf's per-device bytes are those of its shard.
 
 Assumptions (what the figures mean):
-- ref, Nora and Dora are three separate trees in the ref model's `param_dtype` (the trainer
+- ref, Nora and the policy are three trees in the ref model's `param_dtype` (the trainer
   loads HF weights in `config.model.param_dtype`; a dora_jax checkpoint keeps its own dtype),
-  sharded by `config.mesh.rules`; Adam's moments have the parameters' dtype and sharding.
-- Gradients: one parameter-sized tree in `param_dtype`, two with `optim.grad_accum > 1`
-  (the accumulator and the micro-batch's gradients).
-- Sampler KV cache: B = prompts_per_step * group_size rows, T = prompt length +
-  max_new_tokens slots, per layer k and v of [kv_heads, head_dim] in the compute dtype,
-  rows sharded by the `batch` rule. In `rollout.mode = "process"` the sampler is a second
-  JAX runtime that puts Dora's parameters and its cache unsharded on its first device; both
-  are counted there, and sampling runs concurrently with the update. Not modelled: prefill
-  activations and the transient copy when a decode phase grows the cache.
-- Update activations (an estimate, per micro-batch of B / grad_accum rows, batch-sharded;
-  the decoder's attention materialises [B, H, T, T] scores): with `model.remat`, the
-  residual stream [B, T, D] at each of the L layer boundaries plus one layer's working
-  set (f32 scores and their cotangent, probs, q/k/v/o, three [B, T, F] MLP arrays plus two
-  cotangents, four [B, T, D]); without remat, every layer's saved set instead. Plus final
-  hidden states of each scored tree and their chunked copy (2 x [B, T, D] each), the f32
-  logits of one scoring chunk (`scoring.default_chunk`) as `dora_jax.scoring` forms them
-  (logits and log-softmax per tree in the Dora call, plus recompute and cotangent for
-  Dora), and weights gathered across `fsdp`: one layer (compute-dtype copy and its
-  gradient), and the output heads of the trees scored with Dora (gathered and cast) plus
-  Dora's head gradient.
-- Batch-sharded activations and caches are the layout the rules ask for. XLA honours it
-  only where the decoder's `nn.with_logical_constraint`s are live (traced under
-  `jax.sharding.set_mesh(mesh)` and `nn.logical_axis_rules(rules)`); elsewhere it may
-  replicate rows on every device and need several times more.
+  laid out by `config.mesh.rules`. Adam's moments and the accumulated gradients (two
+  parameter-sized trees: accumulator and micro-batch) are split over every row device,
+  `data` included (`Layout.spread_rules`, ZeRO-1).
+- Sampler: KV cache of B = prompts_per_step * group_size rows and T = prompt + max_new_tokens
+  slots, per layer k and v of [kv_heads, head_dim] in the compute dtype, rows split by the
+  `batch` rule; and the policy in the compute dtype gathered over the row axes for
+  decoding, plus the gather's staging (about 60% of a parameter-dtype copy, measured). In
+  `rollout.mode = "process"` the sampler is a second JAX runtime that holds the policy and
+  its cache unsharded on its first device, running alongside the update.
+- Update activations, per micro-batch of B / grad_accum rows split over the row axes: with
+  `model.remat`, the residual stream at each layer boundary (compute dtype, plus a float32
+  copy the CPU compiler keeps), and one layer recomputed and differentiated (three f32
+  [rows, T, F] MLP buffers, three f32 [rows, heads, attention_chunk, T] score blocks);
+  the final hidden states of each scored tree; the vocabulary-parallel head's f32 logits
+  chunks (five [B / grad_accum, chunk, V / devices] buffers); one layer's weights gathered,
+  cast and differentiated (three f32 copies).
+- The counts of working buffers are those of the compiled update on the XLA CPU compiler
+  (`benchmarks/memory.py` compiles it, compile-only, on simulated devices): the model is
+  within 15% of the compiled peak for Qwen2.5-0.5B, -1.5B and -7B shapes at the `:math`
+  setting and for a small test model (tests/sharding_test.py). Accelerator compilers keep
+  bf16 buffers in bf16 where the CPU one widens some to f32, so the figures err high there.
 - Peak (`total`): the held trees and optimizer state, plus the larger of the sampling and
   update phases (inline mode, where they alternate) or both (process mode). Host memory,
   XLA workspace and fragmentation are not included: keep some headroom, and note that JAX
@@ -47,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
@@ -57,8 +55,12 @@ from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 from dora_jax import scoring
 from dora_jax import tasks
 from dora_jax.models import ModelConfig, checkpoint, hf
+from dora_jax.models.decoder import CACHE_AXES
 from dora_jax.models.lm import boxed_shapes
 from dora_jax import sharding
+from dora_jax.batch import RolloutBatch
+from dora_jax.rollout import sampler
+from dora_jax.trainer.loop import UpdateLayout, update_of
 from dora_jax.trainer.state import init_state, make_optimizer
 from dora_jax.trainer.step import scored_trees
 
@@ -84,7 +86,7 @@ class MemoryPlan:
     optimizer: int  # Adam mu and nu (plus the step and rng scalars)
     gradients: int
     kv_cache: int
-    sampler_params: int  # process mode: the sampler's own unsharded copy of Dora (0 inline)
+    sampler_params: int  # the compute copy decoding reads (+ process mode: the sampler's own unsharded copy)
     activations: int
 
     @property
@@ -98,6 +100,16 @@ class MemoryPlan:
     @property
     def update(self) -> int:
         return self.gradients + self.activations
+
+    @property
+    def update_program(self) -> int:
+        """Peak of the update program alone: every held tree is its argument (benchmarks/memory.py compares)."""
+        return self.held + self.update
+
+    @property
+    def sampler_program(self) -> int:
+        """Peak of the sampler program alone: the policy's parameters, its compute copy and the KV cache."""
+        return self.dora_params + self.sampling
 
     @property
     def total(self) -> int:
@@ -148,8 +160,10 @@ def plan(config, mesh: Mapping[str, int] | None = None, prompt_len: int | None =
     boxed = boxed_shapes(model_config)
     tx = make_optimizer(config.optim, config.trainer.num_steps)
     state = jax.eval_shape(lambda p: init_state(p, tx), boxed)
-    state_bytes = _tree_bytes(state, abstract_mesh, rules)
+    layout = sharding.Layout.of(abstract_mesh, rules)
+    spread = layout.spread_rules()  # the optimizer state and the accumulated gradients (see UpdateLayout)
     dora = _tree_bytes(state.params, abstract_mesh, rules)
+    optimizer = _tree_bytes(state.opt_state, abstract_mesh, spread)
 
     P_len = prompt_len or tasks.task_class(config.task.name).prompt_budget(tasks.parse_config(config.task))
     T = P_len + config.rollout.max_new_tokens
@@ -163,6 +177,12 @@ def plan(config, mesh: Mapping[str, int] | None = None, prompt_len: int | None =
     kv_cache = 2 * _array_bytes(kv_mesh, rules, ("layers", "batch", "length", "kv_heads", "head_dim"),
                                 (model_config.num_layers, B, T, model_config.num_kv_heads, model_config.head_dim),
                                 model_config.dtype)
+    # Decoding reads a copy of the policy in the compute dtype, gathered over the row axes; gathering stages
+    # the parameter-dtype tree, which at its peak holds about 60% of a gathered copy (measured with
+    # benchmarks/memory.py at 0.5B-7B: 53-68%).
+    weight_rules = layout.weight_rules()
+    compute_copy = (_tree_bytes(boxed, kv_mesh, weight_rules, model_config.dtype)
+                    + int(0.6 * _tree_bytes(boxed, kv_mesh, weight_rules)))
     return MemoryPlan(
         model=model_config, mesh=sizes, num_params=model_config.num_params(), rows=B, grad_accum=M,
         micro_shards=B // M // _shard_shape(abstract_mesh, rules, ("batch",), (B // M,))[0], prompt_len=P_len,
@@ -170,8 +190,9 @@ def plan(config, mesh: Mapping[str, int] | None = None, prompt_len: int | None =
         ref_params=_tree_bytes(boxed, abstract_mesh, rules, _frozen_dtype(config.ref_dir, config)),
         nora_params=_tree_bytes(boxed, abstract_mesh, rules,
                                 _frozen_dtype(config.nora_dir or config.ref_dir, config)),
-        dora_params=dora, optimizer=state_bytes - dora, gradients=dora * (1 if M == 1 else 2), kv_cache=kv_cache,
-        sampler_params=_tree_bytes(boxed, kv_mesh, rules) if process_mode else 0,
+        dora_params=dora, optimizer=optimizer, gradients=2 * _tree_bytes(state.params, abstract_mesh, spread),
+        kv_cache=kv_cache,
+        sampler_params=compute_copy + (_tree_bytes(boxed, kv_mesh, rules) if process_mode else 0),
         activations=sum(activation_bytes(model_config, boxed, abstract_mesh, rules, B // M, T,
                                          scored_trees(config.objective)).values()))
 
@@ -180,40 +201,142 @@ def activation_bytes(model_config: ModelConfig, boxed: Any, mesh: AbstractMesh, 
                      seq_len: int, scored: Sequence[str]) -> dict[str, int]:
     """The update step's activation estimate per device, by part (see the module docstring).
 
-    `rows` is the micro-batch, `scored` the trees the update scores ("dora" first).
+    `rows` is the micro-batch, `scored` the trees the update scores ("policy" first).
     """
     c = model_config
     b, T = rows, seq_len
+    layout = sharding.Layout.of(mesh, rules)
 
-    def act(logical, shape, dtype=c.dtype):
-        return _array_bytes(mesh, rules, logical, shape, dtype)
+    def act(logical, shape, dtype=c.dtype, on=layout):
+        return _array_bytes(mesh, on.activation_rules(), logical, shape, dtype)
 
-    # Activations are sharded by their batch rows (and tensor-parallel dims); `embed` stays whole.
+    # Rows split over the batch axes, heads / MLP over `tensor`; `embed` stays whole.
     x = act(("batch", None, None), (b, T, c.hidden_size))
-    scores_f32 = act(("batch", "heads", None, None), (b, c.num_heads, T, T), "float32")
-    mlp = act(("batch", None, "mlp"), (b, T, c.intermediate_size))
-    layer_saved = (scores_f32 + act(("batch", "heads", None, None), (b, c.num_heads, T, T))
-                   + 2 * act(("batch", None, "heads", None), (b, T, c.num_heads, c.head_dim))
-                   + 2 * act(("batch", None, "kv_heads", None), (b, T, c.num_kv_heads, c.head_dim))
-                   + 3 * mlp + 4 * x)
-    backward_extra = scores_f32 + 2 * mlp  # cotangents of the largest pieces
-    in_dora_call = 1 + ("nora" in scored)  # scoring scores Dora and Nora together, ref on its own
-    # Weights are gathered across fsdp where used: one layer at a time, and the heads of the Dora call's trees.
-    no_fsdp = tuple((name, tuple(a for a in ((axes,) if isinstance(axes, str) else axes or ()) if a != "fsdp"))
-                    for name, axes in rules)
-    layer = boxed["layers"]
-    head = boxed["embedding" if c.tie_word_embeddings else "lm_head"]
-    gathered = (_tree_bytes(layer, mesh, no_fsdp, c.dtype) + _tree_bytes(layer, mesh, no_fsdp)) // c.num_layers
-    gathered += (in_dora_call * (_tree_bytes(head, mesh, no_fsdp, c.dtype) + _tree_bytes(head, mesh, no_fsdp))
-                 + _tree_bytes(head, mesh, no_fsdp))
+    x_f32 = act(("batch", None, None), (b, T, c.hidden_size), "float32")
+    mlp_f32 = act(("batch", None, "mlp"), (b, T, c.intermediate_size), "float32")
+    block = min(c.attention_chunk, T)  # attention runs in blocks of queries (decoder.attend)
+    scores_f32 = act(("batch", "heads", None, None), (b, c.num_heads, block, T), "float32")
+    layer_weights = _tree_bytes(boxed["layers"], mesh, layout.weight_rules(), "float32") // c.num_layers
+    if c.remat:
+        # The residual stream at each layer boundary, in the compute dtype plus a float32 copy the CPU compiler
+        # keeps; then one layer recomputed and differentiated at a time.
+        residuals = c.num_layers * (x + (x_f32 if x != x_f32 else 0))
+        layer = 3 * mlp_f32 + 3 * scores_f32
+    else:
+        per_layer = 3 * mlp_f32 + scores_f32 + 8 * x_f32
+        residuals, layer = c.num_layers * per_layer, 2 * mlp_f32 + scores_f32
+    # The head runs vocabulary-parallel (sharding.vocab_parallel): a scoring chunk's rows whole, the
+    # vocabulary split over every device; logits and log-softmax of the trees scored together, and cotangents.
+    vocab = sharding.Layout.of(mesh, rules)._replace(vocab_rows=True)
+    logits = 5 * act(("batch", None, "vocab"), (rows, scoring.default_chunk(T), c.vocab_size), "float32", vocab)
     return {
-        "residuals": c.num_layers * (x if c.remat else layer_saved),
-        "layer": layer_saved + backward_extra if c.remat else backward_extra,
+        "residuals": residuals,
+        "layer": layer,
         "hidden": 2 * len(scored) * x,
-        "logits": (2 * in_dora_call + 2) * act(("batch", None, "vocab"), (b, scoring.default_chunk(T), c.vocab_size),
-                                                  "float32"),
-        "gathered_weights": gathered,
+        "logits": logits,
+        "gathered_weights": 3 * layer_weights,  # one layer's weights gathered across the row axes, cast, and gradient
     }
+
+
+# ---------------------------------------------------------------------------------------------------- compiled
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+    """Per-device bytes of one compiled program (`compiled.memory_analysis()`), and its collectives."""
+
+    argument: int
+    output: int
+    alias: int  # output bytes that reuse donated arguments
+    temp: int
+    collectives: dict[str, int]  # kind -> count in the optimized HLO
+    largest_all_reduces: list[tuple[str, int]]  # (result shape, bytes per device), largest first
+    kv_cache: int | None = None  # sampler: bytes of the full-length caches as laid out in the program (None: not
+    #                              found with rows split over the devices, or not a sampler)
+
+    @property
+    def peak(self) -> int:
+        """Arguments, outputs not aliasing them, and temporaries: what the device holds while it runs."""
+        return self.argument + self.output - self.alias + self.temp
+
+
+def compile_update(config, mesh: jax.sharding.Mesh, prompt_len: int | None = None) -> Compiled:
+    """Compiles (never runs) the trainer's update for `config` on `mesh`, exactly as `Trainer` jits it, for
+    abstract inputs of the config's shapes; only the model's config.json is read."""
+    model_config, rules, B, T, P_len = _shapes(config, prompt_len)
+    tx, update = update_of(config, model_config)
+    laid = UpdateLayout.of(model_config, tx, mesh, rules)
+    params = param_shapes_of(model_config)
+    state = _abstract(jax.eval_shape(lambda p: init_state(p, tx), params), laid.state)
+    frozen = {name: _abstract(params, laid.params, _frozen_dtype(path, config))
+              for name, path in (("ref", config.ref_dir), ("nora", config.nora_dir or config.ref_dir))}
+    dtypes = {"tokens_BxT": jnp.int32, "mask_BxT": jnp.int32, "clusters_B": jnp.int32}
+    batch = RolloutBatch(*(jax.ShapeDtypeStruct((B, T) if k.endswith("BxT") else (B,), dtypes.get(k, jnp.float32),
+                                                sharding=s) for k, s in zip(RolloutBatch._fields, laid.batch)))
+    return _measure(laid.jit(update, tuple(frozen)).lower(state, frozen, batch).compile())
+
+
+def compile_sampler(config, mesh: jax.sharding.Mesh, prompt_len: int | None = None) -> Compiled:
+    """Compiles (never runs) the inline sampler's program for one batch of `config` (B rows, P + N slots),
+    the policy laid out as the trainer holds it on `mesh`."""
+    model_config, rules, B, T, P_len = _shapes(config, prompt_len)
+    layout = sharding.Layout.of(mesh, rules)
+    policy = _abstract(param_shapes_of(model_config),
+                       sharding.tree_shardings(boxed_shapes(model_config), mesh, layout.rules))
+    rows = sampler.row_sharding(layout, B)
+    prompt = jax.ShapeDtypeStruct((B, P_len), jnp.int32, sharding=rows)
+    keys = jax.ShapeDtypeStruct((B,), jax.random.key(0).dtype, sharding=rows)
+    r = config.rollout
+    lowered = sampler.lower(model_config, (policy,), prompt, prompt, keys, layout=layout,
+                            max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                            stop_ids=(1,), pad_id=0)
+    compiled = lowered.compile()
+    # The full-length caches as the program holds them: per layer k and v of [rows, P + N, kv_heads, head_dim],
+    # found by their per-device shape in the optimized HLO, rows split as the rules say and never whole.
+    c = model_config
+    spec = sharding.resolve_spec(P(*CACHE_AXES[1:]), (B, T, c.num_kv_heads, c.head_dim), mesh, layout.rules)
+    shard = NamedSharding(mesh, spec).shard_shape((B, T, c.num_kv_heads, c.head_dim))
+    hlo = compiled.as_text()
+    dtype = {"bfloat16": "bf16", "float32": "f32", "float16": "f16"}[jnp.dtype(c.dtype).name]
+    sharded = f"{dtype}[{','.join(map(str, shard))}]" in hlo
+    whole = shard[0] != B and f"{dtype}[{B},{T},"in hlo
+    kv_cache = 2 * c.num_layers * math.prod(shard) * jnp.dtype(c.dtype).itemsize if sharded and not whole else None
+    return dataclasses.replace(_measure(compiled), kv_cache=kv_cache)
+
+
+def param_shapes_of(model_config: ModelConfig) -> Any:
+    return nn.unbox(boxed_shapes(model_config))
+
+
+def _shapes(config, prompt_len):
+    model_config = model_config_of(config)
+    rules = tuple(tuple(r) for r in config.mesh.rules)
+    P_len = prompt_len or tasks.task_class(config.task.name).prompt_budget(tasks.parse_config(config.task))
+    B = config.rollout.prompts_per_step * config.objective.group_size
+    return model_config, rules, B, P_len + config.rollout.max_new_tokens, P_len
+
+
+def _abstract(shapes: Any, shardings: Any, dtype=None) -> Any:
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, dtype or x.dtype, sharding=s), shapes, shardings)
+
+
+def _measure(compiled) -> Compiled:
+    m = compiled.memory_analysis()
+    hlo = compiled.as_text()
+    counts = {kind: len(re.findall(rf" {kind}(?:-start)?\(", hlo)) for kind in COLLECTIVES}
+    reduces = []
+    for shape in re.findall(r"= (\S+) all-reduce(?:-start)?\(", hlo):
+        dims = re.findall(r"(\w+)\[([\d,]*)\]", shape)
+        nbytes = sum(math.prod(int(d) for d in ds.split(",") if d) * _HLO_BYTES.get(t, 4) for t, ds in dims)
+        reduces.append((shape, nbytes))
+    return Compiled(argument=m.argument_size_in_bytes, output=m.output_size_in_bytes, alias=m.alias_size_in_bytes,
+                    temp=m.temp_size_in_bytes, collectives=counts,
+                    largest_all_reduces=sorted(reduces, key=lambda r: -r[1])[:5])
+
+
+_HLO_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "f32": 4, "s32": 4, "u32": 4, "f64": 8,
+              "s64": 8, "u64": 8}
 
 
 def format_plan(figures: MemoryPlan, device_bytes: int | None = None) -> str:
@@ -231,8 +354,9 @@ def format_plan(figures: MemoryPlan, device_bytes: int | None = None) -> str:
          "[update]"),
         ("sampler KV cache", figures.kv_cache, f"{figures.rows} rows x {figures.seq_len} slots, {cdt}  [sampling]"),
     ]
-    if figures.process_mode:
-        rows.append(("sampler params", figures.sampler_params, "process mode: unsharded on its device  [sampling]"))
+    rows.append(("sampler weights", figures.sampler_params,
+                 ("process mode: an unsharded copy on its device, " if figures.process_mode else "")
+                 + f"{cdt} copy gathered for decoding  [sampling]"))
     mode = "sampling + update" if figures.process_mode else "max(sampling, update)"
     rows.append(("total (peak)", figures.total, f"held + {mode}"))
     if device_bytes is not None:

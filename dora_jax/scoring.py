@@ -19,6 +19,7 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
+from dora_jax import sharding
 from dora_jax.models import ModelConfig, apply, positions_from_mask, unembed
 from dora_jax.models.decoder import Params
 
@@ -61,7 +62,9 @@ def token_logprobs(config: ModelConfig, params_by_tree: Mapping[str, Params], to
         logp_full = {}
         for name, h in h_by_tree.items():
             # f32 log-softmax: bf16 log-probs are too coarse for importance ratios and KL.
-            logits = unembed(config, heads[name], h) / temperature
+            with sharding.vocab_parallel():
+                logits = unembed(config, heads[name], sharding.constrain(h, ("batch", "length", "embed")))
+            logits = logits / temperature
             lsm = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
             out[name] = jnp.take_along_axis(lsm, tgt_BxC[..., None], axis=-1)[..., 0]
             if name in entropy_of:

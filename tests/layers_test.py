@@ -11,8 +11,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "dora_jax"
 # Lowest first. A module belongs to the first entry that is it or one of its packages.
 LAYERS = (
     ("dora_jax.batch", "dora_jax.distributed", "dora_jax.sections", "dora_jax.testing", "dora_jax.writers"),
-    ("dora_jax.models",),
     ("dora_jax.sharding",),
+    ("dora_jax.models",),
     ("dora_jax.tasks",),
     ("dora_jax.rollout",),
     ("dora_jax.scoring", "dora_jax.objectives"),

@@ -46,7 +46,8 @@ def read_config(ckpt_dir: str) -> ModelConfig:
 
 def with_compute(config: ModelConfig, model) -> ModelConfig:
     """`config` with the compute dtype and layer options of `model` (the config's model section)."""
-    return config.replace(dtype=model.dtype, remat=model.remat, unroll_layers=model.unroll_layers)
+    return config.replace(dtype=model.dtype, remat=model.remat, unroll_layers=model.unroll_layers,
+                          attention_chunk=model.attention_chunk)
 
 
 def load(ckpt_dir: str, shardings=None) -> LM:

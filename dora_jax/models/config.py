@@ -49,6 +49,8 @@ class ModelConfig:
     remat: bool = False
     # Trace every layer instead of scanning one: faster updates on CPU, compile time grows with depth.
     unroll_layers: bool = False
+    # Query positions per attention block in passes longer than this (memory grows with it, not with T^2).
+    attention_chunk: int = 512
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
     pad_token_id: int | None = None
@@ -59,10 +61,26 @@ class ModelConfig:
                 f"model_type {self.model_type!r} is not supported; supported: {sorted(SUPPORTED_MODEL_TYPES)}.")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}.")
+        if self.attention_chunk < 1:
+            raise ValueError(f"attention_chunk={self.attention_chunk}: use a positive number of query positions.")
         rope_type = self.rope_scaling_dict.get("rope_type", "default")
         if rope_type not in SUPPORTED_ROPE_TYPES:
             raise UnsupportedModelError(
                 f"RoPE scaling type {rope_type!r} is not supported; supported: {SUPPORTED_ROPE_TYPES}.")
+
+    def check_tensor_parallel(self, tensor: int, what: str = "config.mesh.tensor") -> None:
+        """Raises a ValueError naming the fix unless `tensor` devices can split the heads and the MLP evenly."""
+        if tensor <= 1:
+            return
+        sizes = {"num_heads": self.num_heads, "num_kv_heads": self.num_kv_heads,
+                 "intermediate_size": self.intermediate_size}
+        bad = {name: n for name, n in sizes.items() if n % tensor}
+        if bad:
+            fits = [t for t in range(tensor, 0, -1) if all(n % t == 0 for n in sizes.values())][0]
+            raise ValueError(f"{what}={tensor} does not divide the model's "
+                             + ", ".join(f"{k}={v}" for k, v in bad.items())
+                             + f": tensor parallelism splits heads and the MLP evenly. Use {what}={fits} (or another "
+                             "divisor) and give the remaining devices to fsdp or data.")
 
     @property
     def rope_scaling_dict(self) -> dict[str, Any]:

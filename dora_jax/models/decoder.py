@@ -4,7 +4,9 @@ The module is stateless: parameters and the KV cache are explicit pytrees, so th
 definition serves any number of parameter trees (ref, Nora, Dora) and jits cleanly inside
 `lax.while_loop` decoding. Every parameter and activation carries logical axis names
 (`batch`, `length`, `embed`, `heads`, `kv_heads`, `head_dim`, `mlp`, `vocab`, `layers`,
-`norm`) that sharding rules map onto a mesh.
+`norm`) that sharding rules map onto a mesh: traced under `sharding.use(layout)`, activations
+are split over the row axes (and heads / MLP over `tensor`) and each layer's weights are
+gathered in the compute dtype where they are used.
 
 Attention is one code path for full forward passes and cached decoding: a query at cache
 slot `cache_index + t` attends to key slots `s <= cache_index + t` whose `kv_mask` is set.
@@ -13,6 +15,7 @@ Without a cache the slots are simply `0..T-1` and `kv_mask` is the attention mas
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
@@ -21,10 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dora_jax import sharding
 from dora_jax.models.config import ModelConfig, rope_frequencies
 
 Params = Any
 Cache = dict[str, jax.Array]  # {"k": [L,B,S,K,Dh], "v": [L,B,S,K,Dh]}
+CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")
 
 
 def dense(x: jax.Array, w: jax.Array, n_in: int = 1, preferred_element_type=None) -> jax.Array:
@@ -80,20 +85,54 @@ def apply_rope(x_BxTxNxDh, positions_BxT, inv_freq, attention_scale: float):
 def _write_cache(layer_cache: Cache, k_BxTxKxDh, v_BxTxKxDh, cache_index) -> Cache:
     """The layer's cache with the new keys and values written at slots `cache_index:cache_index+T`."""
     start = (0, cache_index, 0, 0)
-    return {"k": jax.lax.dynamic_update_slice(layer_cache["k"], k_BxTxKxDh.astype(layer_cache["k"].dtype), start),
-            "v": jax.lax.dynamic_update_slice(layer_cache["v"], v_BxTxKxDh.astype(layer_cache["v"].dtype), start)}
+
+    def write(cache_BxSxKxDh, new_BxTxKxDh):
+        cache_BxSxKxDh = jax.lax.dynamic_update_slice(cache_BxSxKxDh, new_BxTxKxDh.astype(cache_BxSxKxDh.dtype), start)
+        return sharding.constrain(cache_BxSxKxDh, CACHE_AXES[1:])
+
+    return {"k": write(layer_cache["k"], k_BxTxKxDh), "v": write(layer_cache["v"], v_BxTxKxDh)}
 
 
-def attend(q_BxTxKxGxDh, keys_BxSxKxDh, values_BxSxKxDh, mask_BxTxS, dtype, heads_major: bool) -> jax.Array:
-    """Grouped-query attention [B, T, K, G, Dh]: scores and softmax in f32 (bf16 attention logits saturate
+def attend(q_BxTxKxGxDh, keys_BxSxKxDh, values_BxSxKxDh, query_slots_T, kv_mask_BxS, dtype, heads_major: bool,
+           chunk: int) -> jax.Array:
+    """Grouped-query attention [B, T, K, G, Dh] of queries at cache slots `query_slots_T` over key slots
+    `s <= slot` whose `kv_mask_BxS` is set: scores and softmax in f32 (bf16 attention logits saturate
     and break sampler / scorer parity), products in `dtype`.
 
     Heads-major operands ([B, K, G, T, Dh]) make the score and value matmuls plain batched matmuls,
-    which XLA runs faster (forward and backward) than with the heads in the middle. With a cache
-    (the sampler's prefill and decoding steps) the layout stays as stored: transposing the whole
-    cache at every step would cost more than it saves.
+    which XLA runs faster (forward and backward) than with the heads in the middle; full forward
+    passes use them. With a cache (the sampler's prefill and decoding steps) the layout stays as
+    stored: transposing the whole cache at every step would cost more than it saves.
+
+    A pass of more than `chunk` queries (a full pass, or a long prompt's prefill) runs block by
+    block (each block's softmax is over every key, so the result is the same): at most
+    [B, K, G, chunk, S] scores exist at once, and the backward pass recomputes one block's at a
+    time instead of storing [T, S] per layer.
     """
+    T = q_BxTxKxGxDh.shape[1]
+    if T <= chunk:
+        return _attend_block(q_BxTxKxGxDh, keys_BxSxKxDh, values_BxSxKxDh, query_slots_T, kv_mask_BxS, dtype,
+                             heads_major)
+    n = -(-T // chunk)
+    pad = n * chunk - T
+    q_NxBxCxKxGxDh = jnp.moveaxis(jnp.pad(q_BxTxKxGxDh, [(0, 0), (0, pad)] + [(0, 0)] * 3).reshape(
+        q_BxTxKxGxDh.shape[0], n, chunk, *q_BxTxKxGxDh.shape[2:]), 1, 0)
+    slots_NxC = jnp.pad(query_slots_T, (0, pad)).reshape(n, chunk)
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def block(q_BxCxKxGxDh, slots_C):
+        return _attend_block(q_BxCxKxGxDh, keys_BxSxKxDh, values_BxSxKxDh, slots_C, kv_mask_BxS, dtype, heads_major)
+
+    out_NxBxCxKxGxDh = jax.lax.map(lambda xs: block(*xs), (q_NxBxCxKxGxDh, slots_NxC))
+    out = jnp.moveaxis(out_NxBxCxKxGxDh, 0, 1).reshape(q_BxTxKxGxDh.shape[0], n * chunk, *q_BxTxKxGxDh.shape[2:])
+    return out[:, :T]
+
+
+def _attend_block(q_BxTxKxGxDh, keys_BxSxKxDh, values_BxSxKxDh, query_slots_T, kv_mask_BxS, dtype,
+                  heads_major: bool) -> jax.Array:
     Dh = q_BxTxKxGxDh.shape[-1]
+    S = keys_BxSxKxDh.shape[1]
+    mask_BxTxS = (jnp.arange(S)[None, None, :] <= query_slots_T[None, :, None]) & kv_mask_BxS[:, None, :].astype(bool)
     if heads_major:
         q_BxKxGxTxDh = q_BxTxKxGxDh.transpose(0, 2, 3, 1, 4)
         keys_BxKxSxDh = keys_BxSxKxDh.transpose(0, 2, 1, 3)
@@ -122,13 +161,14 @@ class Attention(nn.Module):
         H, K, Dh = c.num_heads, c.num_kv_heads, c.head_dim
 
         def proj(name, heads, head_axis):
-            w = self.param(f"{name}_kernel", _init(0, ("embed", head_axis, "head_dim")), (D, heads, Dh), pdtype)
-            y = dense(x_BxTxD, w.astype(dtype))
+            names = ("embed", head_axis, "head_dim")
+            w = self.param(f"{name}_kernel", _init(0, names), (D, heads, Dh), pdtype)
+            y = dense(x_BxTxD, sharding.gather(w, names, dtype))
             if c.qkv_bias:
-                b = self.param(f"{name}_bias", nn.with_logical_partitioning(nn.initializers.zeros, (head_axis, "head_dim")),
+                b = self.param(f"{name}_bias", nn.with_logical_partitioning(nn.initializers.zeros, names[1:]),
                                (heads, Dh), pdtype)
-                y = y + b.astype(dtype)[None, None]
-            return y
+                y = y + sharding.gather(b, names[1:], dtype)[None, None]
+            return sharding.constrain(y, ("batch", "length", head_axis, "head_dim"))
 
         q_BxTxHxDh = proj("q", H, "heads")
         k_BxTxKxDh = proj("k", K, "kv_heads")
@@ -142,15 +182,13 @@ class Attention(nn.Module):
         else:
             new_cache = _write_cache(layer_cache, k_BxTxKxDh, v_BxTxKxDh, cache_index)
             keys_BxSxKxDh, values_BxSxKxDh = new_cache["k"], new_cache["v"]
-        S = keys_BxSxKxDh.shape[1]
-        query_slots_T = cache_index + jnp.arange(T)
-        mask_BxTxS = (jnp.arange(S)[None, None, :] <= query_slots_T[None, :, None]) & kv_mask_BxS[:, None, :].astype(bool)
-        out_BxTxKxGxDh = attend(q_BxTxHxDh.reshape(B, T, K, H // K, Dh), keys_BxSxKxDh, values_BxSxKxDh, mask_BxTxS,
-                                dtype, heads_major=layer_cache is None)
-        out_BxTxHxDh = nn.with_logical_constraint(out_BxTxKxGxDh.reshape(B, T, H, Dh),
-                                                  ("batch", "length", "heads", "head_dim"))
-        wo = self.param("o_kernel", _init(1, ("heads", "head_dim", "embed")), (H, Dh, D), pdtype)
-        return dense(out_BxTxHxDh, wo.astype(dtype), n_in=2), new_cache
+        out_BxTxKxGxDh = attend(q_BxTxHxDh.reshape(B, T, K, H // K, Dh), keys_BxSxKxDh, values_BxSxKxDh,
+                                cache_index + jnp.arange(T), kv_mask_BxS, dtype, heads_major=layer_cache is None,
+                                chunk=c.attention_chunk)
+        out_BxTxHxDh = sharding.constrain(out_BxTxKxGxDh.reshape(B, T, H, Dh), ("batch", "length", "heads", "head_dim"))
+        wo_names = ("heads", "head_dim", "embed")
+        wo = self.param("o_kernel", _init(1, wo_names), (H, Dh, D), pdtype)
+        return dense(out_BxTxHxDh, sharding.gather(wo, wo_names, dtype), n_in=2), new_cache
 
 
 class MLP(nn.Module):
@@ -164,9 +202,10 @@ class MLP(nn.Module):
         gate = self.param("gate_kernel", _init(0, ("embed", "mlp")), (D, F), pdtype)
         up = self.param("up_kernel", _init(0, ("embed", "mlp")), (D, F), pdtype)
         down = self.param("down_kernel", _init(0, ("mlp", "embed")), (F, D), pdtype)
-        h_BxTxF = jax.nn.silu(dense(x_BxTxD, gate.astype(dtype))) * dense(x_BxTxD, up.astype(dtype))
-        h_BxTxF = nn.with_logical_constraint(h_BxTxF, ("batch", "length", "mlp"))
-        return dense(h_BxTxF, down.astype(dtype))
+        h_BxTxF = (jax.nn.silu(dense(x_BxTxD, sharding.gather(gate, ("embed", "mlp"), dtype)))
+                   * dense(x_BxTxD, sharding.gather(up, ("embed", "mlp"), dtype)))
+        h_BxTxF = sharding.constrain(h_BxTxF, ("batch", "length", "mlp"))
+        return dense(h_BxTxF, sharding.gather(down, ("mlp", "embed"), dtype))
 
 
 class Block(nn.Module):
@@ -182,21 +221,31 @@ class Block(nn.Module):
                                                  kv_mask_BxS, cache_index)
         x_BxTxD = x_BxTxD + h
         x_BxTxD = x_BxTxD + MLP(c, name="mlp")(norm(name="mlp_norm")(x_BxTxD))
-        return nn.with_logical_constraint(x_BxTxD, ("batch", "length", "embed")), new_cache
+        return sharding.constrain(x_BxTxD, ("batch", "length", "embed")), new_cache
 
 
 def unembed(config: ModelConfig, params: Params, hidden_BxTxD: jax.Array) -> jax.Array:
     """Final hidden states -> f32 logits (f32 accumulation so log-probs stay exact in bf16)."""
     dtype = jnp.dtype(config.dtype)
     if config.tie_word_embeddings:
-        return dense(hidden_BxTxD.astype(dtype), params["embedding"].astype(dtype).T, preferred_element_type=jnp.float32)
-    return dense(hidden_BxTxD.astype(dtype), params["lm_head"].astype(dtype), preferred_element_type=jnp.float32)
+        head_DxV = sharding.gather(params["embedding"], ("vocab", "embed"), dtype).T
+    else:
+        head_DxV = sharding.gather(params["lm_head"], ("embed", "vocab"), dtype)
+    logits = dense(hidden_BxTxD.astype(dtype), head_DxV, preferred_element_type=jnp.float32)
+    return sharding.constrain(logits, ("batch",) + (None,) * (logits.ndim - 2) + ("vocab",))
 
 
-def embed(config: ModelConfig, embedding: jax.Array, tokens_BxT: jax.Array) -> jax.Array:
-    """Token embeddings [B, T, D] in the compute dtype."""
-    x_BxTxD = jnp.take(embedding, tokens_BxT, axis=0).astype(jnp.dtype(config.dtype))
-    return nn.with_logical_constraint(x_BxTxD, ("batch", "length", "embed"))
+def embed(config: ModelConfig, embedding: jax.Array, tokens_BxT: jax.Array, vocab_parallel: bool) -> jax.Array:
+    """Token embeddings [B, T, D] in the compute dtype.
+
+    `vocab_parallel` (full passes, whose table gets a gradient): on a mesh, each device looks its slice
+    of the table up for every row, so neither the table nor its gradient is ever whole on a device (see
+    `sharding.vocab_parallel`). Decoding looks rows up in the gathered table it already holds.
+    """
+    with sharding.vocab_parallel() if vocab_parallel else contextlib.nullcontext():
+        table_VxD = sharding.gather(embedding, ("vocab", "embed"), jnp.dtype(config.dtype))
+        x_BxTxD = jnp.take(table_VxD, sharding.constrain(tokens_BxT, ("batch", "length")), axis=0)
+    return sharding.constrain(x_BxTxD, ("batch", "length", "embed"))
 
 
 def _final_norm(config: ModelConfig, **kw) -> RMSNorm:
@@ -218,7 +267,7 @@ def forward_with_layer_caches(config: ModelConfig, params: Params, layers: list[
     layer's cache on each call (several full copies per decoded token); per-layer caches are
     updated in place.
     """
-    x_BxTxD = embed(config, params["embedding"], tokens_BxT)
+    x_BxTxD = embed(config, params["embedding"], tokens_BxT, vocab_parallel=False)
     new_caches = []
     for layer, cache in zip(layers, caches):
         x_BxTxD, cache = Block(config).apply({"params": layer}, x_BxTxD, cache, positions_BxT, kv_mask_BxS, slot)
@@ -239,7 +288,7 @@ class Decoder(nn.Module):
         pdtype = jnp.dtype(c.param_dtype)
         embedding = self.param("embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
                                (c.vocab_size, c.hidden_size), pdtype)
-        x_BxTxD = embed(c, embedding, tokens_BxT)
+        x_BxTxD = embed(c, embedding, tokens_BxT, vocab_parallel=cache is None)
         block = Block
         if c.remat:
             block = nn.remat(Block, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)

@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from dora_jax.models.config import ModelConfig
-from dora_jax.models.decoder import Cache, Decoder, Params
+from dora_jax import sharding
+from dora_jax.models.decoder import CACHE_AXES, Cache, Decoder, Params
 
 
 def positions_from_mask(mask_BxT: jax.Array) -> jax.Array:
@@ -47,7 +48,7 @@ def init_params(config: ModelConfig, rng: jax.Array) -> Params:
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> Cache:
     shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
     dtype = jnp.dtype(dtype or config.dtype)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+    return {name: sharding.constrain(jnp.zeros(shape, dtype), CACHE_AXES) for name in ("k", "v")}
 
 
 def apply(config: ModelConfig, params: Params, tokens_BxT, positions_BxT, kv_mask_BxS, cache: Cache | None = None,

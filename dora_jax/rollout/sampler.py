@@ -24,9 +24,10 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dora_jax import distributed
+from dora_jax import distributed, sharding
 from dora_jax.models import ModelConfig, init_cache, positions_from_mask
 from dora_jax.models.decoder import Params, forward_with_layer_caches, layer_params
+from dora_jax.models.lm import logical_specs
 
 FINISH_STOP = 0  # a stop id was emitted (it is part of the response, mask 1)
 FINISH_LENGTH = 1  # max_new_tokens were emitted without a stop id
@@ -90,7 +91,7 @@ def filter_logits(logits_BxV: jax.Array, top_k: int = 0, top_p: float = 1.0) -> 
 def sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
            rngs_B: jax.Array, *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
            stop_ids: tuple[int, ...] = (), pad_id: int = 0, handover_window: int = 0,
-           rows_sharding: NamedSharding | None = None) -> Rollout:
+           rules: sharding.Rules = sharding.DEFAULT_RULES) -> Rollout:
     """Samples up to `max_new_tokens` per left-padded prompt from one policy, or two in handover.
 
     `rngs_B` holds one typed key per row. Recorded log-probs are those of the token under
@@ -102,9 +103,11 @@ def sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP: jax.Ar
     from policy (t // w) % 2, policy 0 first. Both policies keep their own KV cache over the
     whole context, so both log-probs of every token are recorded.
 
-    `rows_sharding` places the rows (prompts, keys) on the parameters' mesh, e.g. split over
-    its data axis; by default they follow the parameters, replicated on them when those span
-    several processes. A rollout spread over several processes comes back whole (numpy) on each.
+    Parameters placed on a mesh of several devices are sampled there, laid out by `rules`: the
+    rows (prompts, keys, KV caches, activations) split over the `batch` axes, heads over
+    `tensor`; the parameters are cast to the compute dtype and gathered over the row axes once
+    per call (not per decoded token). A rollout spread over several processes comes back
+    whole (numpy) on each.
 
     Compiled once per config, shapes and settings: the settings are normalised here so that
     equal settings spelled differently (a list of stop ids, an omitted default) share it.
@@ -120,29 +123,64 @@ def sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP: jax.Ar
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 1:
         raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0, max_new_tokens >= 1; got "
                          f"{temperature}, {top_p}, {top_k}, {max_new_tokens}.")
-    rows = rows_sharding or _replicated_if_global(policies)
-    if rows is not None:
+    layout = layout_of(policies, rules)
+    rows = None
+    static = _static_args(max_new_tokens, temperature, top_p, top_k, stop_ids, pad_id, handover_window)
+    if layout is not None:
+        rows = row_sharding(layout, len(prompt_BxP))
         prompt_BxP, prompt_mask_BxP = distributed.global_arrays((prompt_BxP, prompt_mask_BxP), (rows, rows))
         # Typed keys cannot be placed across processes; their raw data can.
         rngs_B = jax.random.wrap_key_data(distributed.global_arrays(jax.random.key_data(rngs_B), rows),
                                           impl=jax.random.key_impl(rngs_B))
-    rollout = _sample(config, tuple(policies), prompt_BxP, prompt_mask_BxP, rngs_B, int(max_new_tokens),
-                      float(temperature), float(top_p), int(top_k), tuple(int(i) for i in stop_ids), int(pad_id),
-                      int(handover_window))
+    rollout = _sample(config, tuple(policies), prompt_BxP, prompt_mask_BxP, rngs_B, *static, layout)
     # Every process scores the whole rollout, so rewards and batches agree everywhere.
     return rollout if rows is None or rows.is_fully_addressable else distributed.to_host(rollout)
 
 
-def _replicated_if_global(policies: tuple[Params, ...]) -> NamedSharding | None:
-    """Replicated on the parameters' mesh when it spans several processes (host rows cannot meet it otherwise)."""
+def _static_args(max_new_tokens, temperature, top_p, top_k, stop_ids, pad_id, handover_window) -> tuple:
+    return (int(max_new_tokens), float(temperature), float(top_p), int(top_k), tuple(int(i) for i in stop_ids),
+            int(pad_id), int(handover_window))
+
+
+def lower(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP, prompt_mask_BxP, rngs_B, *,
+          layout: sharding.Layout | None, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+          top_k: int = 0, stop_ids: tuple[int, ...] = (), pad_id: int = 0, handover_window: int = 0):
+    """The program `sample` runs, lowered for abstract arguments (`jax.ShapeDtypeStruct`s with shardings) on
+    `layout`: `.compile().memory_analysis()` measures it without running it."""
+    static = _static_args(max_new_tokens, temperature, top_p, top_k, stop_ids, pad_id, handover_window)
+    return _sample.lower(config, tuple(policies), prompt_BxP, prompt_mask_BxP, rngs_B, *static, layout)
+
+
+def layout_of(policies: tuple[Params, ...], rules: sharding.Rules) -> sharding.Layout | None:
+    """The layout sampling runs under: the parameters' mesh when they are placed on several devices."""
     placed = getattr(jax.tree.leaves(policies)[0], "sharding", None)
-    if isinstance(placed, NamedSharding) and not placed.is_fully_addressable:
-        return NamedSharding(placed.mesh, P())
+    if isinstance(placed, NamedSharding) and placed.mesh.size > 1:
+        return sharding.Layout.of(placed.mesh, rules)
     return None
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10, 11))
+def row_sharding(layout: sharding.Layout, rows: int) -> NamedSharding:
+    """Rows split over the `batch` axes that divide them (with a row axis first: [B, ...] arrays of any rank)."""
+    return NamedSharding(layout.mesh, sharding.resolve_spec(P("batch"), (rows,), layout.mesh, layout.rules))
+
+
+def _compute_tree(config: ModelConfig, params: Params, names: Params) -> Params:
+    """The parameters as decoding reads them: in the compute dtype, gathered over the row axes (see `sample`)."""
+    return jax.tree.map(lambda w, n: sharding.gather(w, tuple(n), jnp.dtype(config.dtype)), params, names,
+                        is_leaf=lambda x: isinstance(x, P))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10, 11, 12))
 def _sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP, prompt_mask_BxP, rngs_B, N: int,
+            temperature: float, top_p: float, top_k: int, stop_ids: tuple[int, ...], pad_id: int,
+            handover_window: int, layout: sharding.Layout | None) -> Rollout:
+    names = logical_specs(config)
+    with sharding.use(layout):
+        return _decode(config, tuple(_compute_tree(config, p, names) for p in policies), prompt_BxP, prompt_mask_BxP, rngs_B,
+                       N, temperature, top_p, top_k, stop_ids, pad_id, handover_window)
+
+
+def _decode(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP, prompt_mask_BxP, rngs_B, N: int,
             temperature: float, top_p: float, top_k: int, stop_ids: tuple[int, ...], pad_id: int,
             handover_window: int) -> Rollout:
     K = len(policies)

@@ -120,10 +120,10 @@ class SamplerDevices:
 
     def __init__(self, model_config, config, devices):
         tensor = parse(RolloutConfig, config.rollout, "rollout").sampler_tensor
+        model_config.check_tensor_parallel(tensor, "config.rollout.sampler_tensor")
         mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": tensor}, devices)
         rules = tuple(tuple(r) for r in config.mesh.rules)
         self.param_shardings = sharding.tree_shardings(boxed_shapes(model_config), mesh, rules)
-        self.rows_sharding = sharding.batch_sharding(mesh, rules, 1)
 
     def put(self, params):
         """The learner's parameters on the sampler's devices, copied device to device (never through the host)."""
@@ -145,10 +145,10 @@ def _copy_local_replica(full: jax.Array, target) -> jax.Array:
 class RolloutMaker:
     """Batch `position` of the task's RL split: prompts, G samples each, rewards, strategy ids."""
 
-    def __init__(self, task, model_config, config, rows_sharding=None, nora_params=None):
+    def __init__(self, task, model_config, config, nora_params=None):
         self.task, self.model_config, self.config = task, model_config, config
         self.rollout = parse(RolloutConfig, config.rollout, "rollout")
-        self.rows_sharding = rows_sharding  # where the sampler's rows go (see `sample`); None: with the params
+        self.rules = tuple(tuple(r) for r in config.mesh.rules)  # how rows and activations lie on the params' mesh
         # Handover (paper §5.2): windows of w tokens alternate between the policy and Nora; it learns on its own.
         self.handover_window = self.rollout.handover_window
         if self.handover_window and nora_params is None:
@@ -168,7 +168,7 @@ class RolloutMaker:
         prompt_BxP, mask_BxP = np.repeat(prompt_QxP, G, axis=0), np.repeat(mask_QxP, G, axis=0)
         policies = (params, self.nora_params) if self.handover_window else (params,)
         rollout = sample(self.model_config, policies, prompt_BxP, mask_BxP, row_keys(c.seed, position, Q * G),
-                         handover_window=self.handover_window, rows_sharding=self.rows_sharding,
+                         handover_window=self.handover_window, rules=self.rules,
                          **sampling_options(r, self.task))
         rollout = jax.device_get(rollout)
         rewards_B, valid_B, strategy_B = self.task.score(problems, rollout.tokens_BxN)
@@ -233,7 +233,7 @@ class InlineRollouts:
         self.devices = SamplerDevices(model_config, config, own) if own else None
         if self.devices is not None and nora_params is not None:
             nora_params = self.devices.put(nora_params)
-        self.maker = RolloutMaker(task, model_config, config, self.devices and self.devices.rows_sharding, nora_params)
+        self.maker = RolloutMaker(task, model_config, config, nora_params)
         self.host = HostSide(samples_path)
         self.position = 0  # batches produced so far
         self.params = None

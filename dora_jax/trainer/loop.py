@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -117,20 +117,15 @@ class Trainer:
         self.workdir = os.path.abspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
         self.chief = distributed.is_chief()
-        boxed = models.lm.boxed_shapes(model_config)
-        self.param_shardings = sharding.tree_shardings(boxed, mesh, self.rules)
+        laid = UpdateLayout.of(model_config, tx, mesh, self.rules)
+        self.param_shardings, self.state_shardings, self.batch_shardings = laid.params, laid.state, laid.batch
         placed = self._place({**frozen, "init": init_params})  # init may be a frozen tree: placed once
         self.frozen = {name: placed[name] for name in frozen}
-        self.state_shardings = sharding.tree_shardings(jax.eval_shape(lambda p: init_state(p, tx), boxed), mesh,
-                                                       self.rules)
         # The policy starts as a copy (jnp.copy inside jit is a new buffer): a frozen tree must not
         # alias the donated train state.
         init = jax.jit(lambda p: init_state(jax.tree.map(jnp.copy, p), tx), out_shardings=self.state_shardings)
         self.state: TrainState = init(placed["init"])
-        self.batch_shardings = RolloutBatch(*(sharding.batch_sharding(mesh, self.rules, 2 if k.endswith("BxT") else 1)
-                                              for k in RolloutBatch._fields))
-        self.update = jit_update(update, self.state_shardings, {k: self.param_shardings for k in self.frozen},
-                                 self.batch_shardings, metrics_sharding=NamedSharding(mesh, P()))
+        self.update = laid.jit(update, tuple(self.frozen))
         self.ckpt = ocp.CheckpointManager(
             os.path.join(self.workdir, "checkpoints"),
             options=ocp.CheckpointManagerOptions(max_to_keep=options.keep_checkpoints, create=True))
@@ -147,10 +142,7 @@ class Trainer:
         the sampler (config.rollout.sampler_devices) are left out of the learner's mesh."""
         model_config, frozen, init_params = initial_trees(config)
         options = parse(TrainerConfig, config.trainer, "trainer")
-        optim = parse(OptimConfig, config.optim, "optim")
-        tx = make_optimizer(optim, options.num_steps)
-        update = make_update(model_config, config.objective, tx, temperature=config.rollout.temperature,
-                             grad_accum=optim.grad_accum, response_budget=config.rollout.max_new_tokens)
+        tx, update = update_of(config, model_config)
         mesh_cfg = parse(MeshConfig, config.mesh, "mesh")
         mesh = sharding.make_mesh(mesh_cfg, sharding.split_devices(config, devices)[0])
         return cls(model_config, frozen, init_params, tx, update, mesh, mesh_cfg.rules, workdir, options,
@@ -324,6 +316,45 @@ class Trainer:
 
 
 POLICY_INITS = ("nora", "ref", "random")
+
+
+def update_of(config, model_config: ModelConfig) -> tuple[optax.GradientTransformation, Callable]:
+    """(optimizer, pure update function) of `config` for a model of `model_config`."""
+    options = parse(TrainerConfig, config.trainer, "trainer")
+    optim = parse(OptimConfig, config.optim, "optim")
+    tx = make_optimizer(optim, options.num_steps)
+    return tx, make_update(model_config, config.objective, tx, temperature=config.rollout.temperature,
+                           grad_accum=optim.grad_accum, response_budget=config.rollout.max_new_tokens)
+
+
+class UpdateLayout(NamedTuple):
+    """Where the update's inputs live on a mesh, and the jitted update that reads them there."""
+
+    params: Any  # NamedShardings of one parameter tree (the policy, ref, Nora)
+    state: Any  # of the policy's TrainState
+    batch: RolloutBatch  # of the batch's arrays (rows over the batch axes)
+    layout: sharding.Layout  # what the activations are laid out by
+
+    @classmethod
+    def of(cls, model_config: ModelConfig, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+           rules) -> "UpdateLayout":
+        model_config.check_tensor_parallel(mesh.shape["tensor"])
+        layout = sharding.Layout.of(mesh, rules)
+        boxed = models.lm.boxed_shapes(model_config)
+        state = jax.eval_shape(lambda p: init_state(p, tx), boxed)
+        # The optimizer state is split over every device (with data > 1 too: ZeRO-1), so the step's
+        # moment updates are too; the parameters are laid out by the rules.
+        state = sharding.tree_shardings(state, mesh, layout.rules).replace(
+            opt_state=sharding.tree_shardings(state.opt_state, mesh, layout.spread_rules()))
+        return cls(params=sharding.tree_shardings(boxed, mesh, layout.rules), state=state,
+                   batch=RolloutBatch(*(sharding.batch_sharding(mesh, layout.rules, 2 if k.endswith("BxT") else 1)
+                                        for k in RolloutBatch._fields)),
+                   layout=layout)
+
+    def jit(self, update: Callable, frozen: Sequence[str]) -> Callable:
+        """`update` jitted for these shardings, with the frozen trees `frozen` laid out like the policy."""
+        return jit_update(update, self.state, {k: self.params for k in frozen}, self.batch,
+                          metrics_sharding=NamedSharding(self.layout.mesh, P()), layout=self.layout)
 
 
 def initial_trees(config) -> tuple[ModelConfig, dict[str, Any], Any]:

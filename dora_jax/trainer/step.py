@@ -16,10 +16,11 @@ import jax
 import jax.numpy as jnp
 import jaxlib.version
 import optax
+from jax.sharding import PartitionSpec as P
 
-from dora_jax import objectives, scoring
+from dora_jax import objectives, scoring, sharding
 from dora_jax.batch import RolloutBatch
-from dora_jax.models import ModelConfig
+from dora_jax.models import ModelConfig, logical_specs
 from dora_jax.trainer.state import TrainState
 
 # Objective metric -> the stable metrics.jsonl name of docs/design.md §9.
@@ -46,7 +47,11 @@ def make_update(model_config: ModelConfig, objective_cfg, tx: optax.GradientTran
     hp = objectives.parse_config(objective_cfg)
     advantage_fn = objectives.get_advantage(hp.advantage)
     micro_loss = _micro_loss(model_config, hp, temperature)
-    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+    names = logical_specs(model_config)
+
+    def grad_fn(params, frozen, mb, denoms):
+        (loss, metrics), grads = jax.value_and_grad(micro_loss, has_aux=True)(params, frozen, mb, denoms)
+        return (loss, metrics), _spread(grads, names)
 
     def update(state: TrainState, frozen: dict, batch: RolloutBatch) -> tuple[TrainState, dict]:
         B, G = batch.rows, hp.group_size
@@ -55,7 +60,7 @@ def make_update(model_config: ModelConfig, objective_cfg, tx: optax.GradientTran
         inputs = {"tokens_BxT": batch.tokens_BxT, "mask_BxT": batch.mask_BxT,
                   "response_mask_BxT": batch.response_mask_BxT, "logp_old_BxT": batch.logp_old_BxT}
         loss, metrics, grads = _accumulate(grad_fn, state.params, frozen, {**inputs, "adv_B": adv_B}, denoms,
-                                           grad_accum)
+                                           grad_accum, names)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics.update({stable: metrics[f"objective/{name}"] for name, stable in _STABLE_NAMES.items()
@@ -107,20 +112,28 @@ def _micro_loss(model_config: ModelConfig, hp, temperature: float) -> Callable:
     return micro_loss
 
 
-def _accumulate(grad_fn, params, frozen, inputs: dict, denoms, grad_accum: int):
+def _spread(grads, names):
+    return jax.tree.map(lambda g, n: sharding.spread(g, tuple(n)), grads, names, is_leaf=lambda x: isinstance(x, P))
+
+
+def _accumulate(grad_fn, params, frozen, inputs: dict, denoms, grad_accum: int, names):
     """(loss, metrics, grads) summed over `grad_accum` micro-batches scanned in order; the sums are the
     full batch's values because every term is divided by the full batch's denominators."""
     B = inputs["adv_B"].shape[0]
-    micro = jax.tree.map(lambda x: x.reshape(grad_accum, B // grad_accum, *x.shape[1:]), inputs)  # [M, B/M, ...]
+    # Micro-batch m holds rows m, m + M, m + 2M, ...: the rows of every batch-axis device, so each
+    # micro-batch is split over all of them (a [M, B/M] split of contiguous rows would put each
+    # micro-batch on a fraction of the devices).
+    micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(B // grad_accum, grad_accum, *x.shape[1:]), 0, 1), inputs)
 
     def step(carry, mb):
+        mb = jax.tree.map(lambda x: sharding.constrain(x, ("batch",) + (None,) * (x.ndim - 1)), mb)
         (loss, metrics), grads = grad_fn(params, frozen, mb, denoms)
         return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
 
     first = jax.tree.map(lambda x: x[0], micro)
     zero_metrics = jax.eval_shape(lambda: grad_fn(params, frozen, first, denoms)[0][1])
     zeros = (jnp.zeros((), jnp.float32), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_metrics),
-             jax.tree.map(jnp.zeros_like, params))
+             _spread(jax.tree.map(jnp.zeros_like, params), names))
     return jax.lax.scan(step, zeros, micro)[0]
 
 
@@ -133,14 +146,17 @@ CPU_UPDATE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "",
 CPU_UPDATE_OPTIONS_KNOWN = jaxlib.version.__version_info__[:3] >= (0, 10, 2)
 
 
-def jit_update(update, state_shardings, frozen_shardings, batch_shardings, metrics_sharding=None):
+def jit_update(update, state_shardings, frozen_shardings, batch_shardings, metrics_sharding=None,
+               layout: sharding.Layout | None = None):
     """Jitted update with explicit in/out shardings; the old state's buffers are donated.
 
     A replicated `metrics_sharding` lets every process of a multi-process run read the metrics.
+    `layout` (the mesh and rules of the shardings) lays out the activations: rows split over the
+    batch axes, weights gathered per layer in the compute dtype.
     """
     platform = next(iter(jax.tree.leaves(state_shardings)[0].device_set)).platform
     cpu = platform == "cpu" and CPU_UPDATE_OPTIONS_KNOWN
-    return jax.jit(update, in_shardings=(state_shardings, frozen_shardings, batch_shardings),
+    return jax.jit(sharding.traced_under(update, layout), in_shardings=(state_shardings, frozen_shardings, batch_shardings),
                    out_shardings=(state_shardings, metrics_sharding), donate_argnums=(0,),
                    compiler_options=CPU_UPDATE_OPTIONS if cpu else None)
 

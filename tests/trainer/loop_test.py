@@ -42,19 +42,30 @@ def _one_update(config, devices, workdir, loss="dora_indicator"):
     return trainer, jax.device_get(state.params), jax.device_get(metrics)
 
 
-@pytest.mark.parametrize("loss", ["dora_indicator", "grpo"])
-def test_sharded_update_equals_single_device(tmp_path, loss):
+@pytest.mark.parametrize("loss,mesh,accum", [
+    ("dora_indicator", dict(data=2, fsdp=2, tensor=2), 1),
+    ("grpo", dict(data=2, fsdp=2, tensor=2), 1),
+    ("dora_indicator", dict(data=2, fsdp=2, tensor=1), 2),
+    ("dora_indicator", dict(data=1, fsdp=4, tensor=1), 2),
+    ("dora_indicator", dict(data=1, fsdp=2, tensor=2), 1),
+])
+def test_sharded_update_equals_single_device(tmp_path, loss, mesh, accum):
     assert jax.device_count() >= 8, "tests/conftest.py sets 8 simulated CPU devices"
     single = smoke_config()
     single.mesh.update(data=1, fsdp=1, tensor=1)
+    single.optim.grad_accum = accum
     _, p1, m1 = _one_update(single, jax.devices()[:1], tmp_path / "a", loss)
     sharded = smoke_config()
-    sharded.mesh.update(data=2, fsdp=2, tensor=2)
-    trainer, p8, m8 = _one_update(sharded, jax.devices()[:8], tmp_path / "b", loss)
+    sharded.mesh.update(**mesh)
+    sharded.optim.grad_accum = accum
+    n = mesh["data"] * mesh["fsdp"] * mesh["tensor"]
+    trainer, p8, m8 = _one_update(sharded, jax.devices()[:n], tmp_path / "b", loss)
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
         np.testing.assert_allclose(a, b, atol=1e-5)
     for k in m1:
         np.testing.assert_allclose(m1[k], m8[k], rtol=1e-6, atol=1e-5, err_msg=k)  # grad_norm ~20: f32 ulps
+    if mesh != dict(data=2, fsdp=2, tensor=2):
+        return
     # The layout is what config.mesh.rules say: embed->fsdp, heads/kv_heads/mlp/vocab->tensor.
     sh = jax.tree.map(lambda x: x.sharding.spec, trainer.state.params)
     assert sh["layers"]["attn"]["q_kernel"] == P(None, "fsdp", "tensor", None)
@@ -64,8 +75,8 @@ def test_sharded_update_equals_single_device(tmp_path, loss):
     assert sh["embedding"] == P("tensor", "fsdp")
     assert sh["lm_head"] == P("fsdp", "tensor")
     assert sh["final_norm"]["scale"] == P(None)
-    mu = trainer.state.opt_state[1][0].mu  # Adam moments are laid out like the params
-    assert mu["layers"]["mlp"]["gate_kernel"].sharding.spec == P(None, "fsdp", "tensor")
+    mu = trainer.state.opt_state[1][0].mu  # Adam moments: split like the params, and over data too (ZeRO-1)
+    assert mu["layers"]["mlp"]["gate_kernel"].sharding.spec == P(None, ("data", "fsdp"), "tensor")
     assert trainer.frozen["nora"]["embedding"].sharding.spec == P("tensor", "fsdp")
 
 
