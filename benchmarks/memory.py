@@ -91,7 +91,7 @@ def report(figures: dict, config, sizes: dict[str, int]) -> str:
                      f"{f['planned_peak_gib']:>8.2f} {f['planned_over_compiled']:>9.2f}  {coll or 'none'}")
         if "kv_cache_gib" in f:
             kv = f["kv_cache_gib"]
-            lines.append(f"         KV cache per device: " + ("not found split over the rows" if kv is None else
+            lines.append("         KV cache per device: " + ("not found split over the rows" if kv is None else
                          f"{kv:.2f} GiB = total {f['kv_cache_total_gib']:.2f} / {f['kv_cache_total_gib'] / kv:.2f}"))
         if f["largest_all_reduces"]:
             lines.append("         largest all-reduces: " + ", ".join(

@@ -54,13 +54,13 @@ from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 
 from dora_jax import scoring
 from dora_jax import tasks
-from dora_jax.models import ModelConfig, checkpoint, hf
+from dora_jax.models import ModelConfig, checkpoint
 from dora_jax.models.decoder import CACHE_AXES
 from dora_jax.models.lm import boxed_shapes
 from dora_jax import sharding
 from dora_jax.batch import RolloutBatch
 from dora_jax.rollout import sampler
-from dora_jax.trainer.loop import UpdateLayout, update_of
+from dora_jax.trainer.loop import UpdateLayout, model_config_of as trainer_model_config, update_of
 from dora_jax.trainer.state import init_state, make_optimizer
 from dora_jax.trainer.step import scored_trees
 
@@ -131,16 +131,12 @@ def parse_mesh(text: str) -> dict[str, int]:
 
 
 def model_config_of(config) -> ModelConfig:
-    """The model the trainer would build: config.json of `ref_dir` (nothing else read) or `config.model`."""
-    if not config.ref_dir:
+    """The model the trainer would build (`trainer.loop.model_config_of`; a vocabulary of 0 is the task
+    tokenizer's, as the pipeline fills it in)."""
+    if not config.ref_dir and not config.model.vocab_size:
         model_config = ModelConfig(**config.model)
-        if not model_config.vocab_size:  # 0 = the task tokenizer's size, as the pipeline fills it in
-            model_config = model_config.replace(vocab_size=tasks.make_task(config.task).vocab_size)
-        return model_config
-    path = os.path.expanduser(config.ref_dir)
-    model_config = (checkpoint.read_config(path) if checkpoint.is_checkpoint(path)
-                    else hf.read_config(path, config.model.param_dtype))
-    return checkpoint.with_compute(model_config, config.model)
+        return model_config.replace(vocab_size=tasks.make_task(config.task).vocab_size)
+    return trainer_model_config(config)
 
 
 def plan(config, mesh: Mapping[str, int] | None = None, prompt_len: int | None = None) -> MemoryPlan:

@@ -11,7 +11,7 @@ import pytest
 
 from configs import indicator
 from dora_jax import models, plan, sharding
-from dora_jax.models import ModelConfig
+from dora_jax.models import ModelConfig, hf
 from dora_jax.rollout import sampler
 from dora_jax.trainer.loop import UpdateLayout
 from dora_jax.trainer.state import OptimConfig, make_optimizer
@@ -98,3 +98,17 @@ def test_a_mesh_that_cannot_split_the_model_is_named():
         UpdateLayout.of(config, make_optimizer(OptimConfig(), 10), mesh, sharding.DEFAULT_RULES)
     with pytest.raises(ValueError, match="needs 16 devices, 8 are available"):
         sharding.make_mesh(dict(data=2, fsdp=8, tensor=1), jax.devices()[:8])
+
+
+def test_weights_load_straight_into_their_shards(tmp_path):
+    """hf.load with the trainer's shardings gives each device only its shard (no tree staged on device 0)."""
+    hf.save_random(TINY, str(tmp_path))
+    mesh = sharding.make_mesh(dict(data=1, fsdp=4, tensor=1), jax.devices()[:4])
+    shardings = sharding.tree_shardings(models.lm.boxed_shapes(TINY), mesh, sharding.DEFAULT_RULES)
+    placed = hf.load(str(tmp_path), shardings=shardings).params
+    whole = hf.load(str(tmp_path)).params
+    for x, s, w in zip(jax.tree.leaves(placed), jax.tree.leaves(shardings), jax.tree.leaves(whole)):
+        assert x.sharding == s
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(w))
+    shard = placed["embedding"].addressable_shards[0]
+    assert shard.device == jax.devices()[0] and shard.data.shape == (TINY.vocab_size, TINY.hidden_size // 4)

@@ -59,15 +59,17 @@ def load(ckpt_dir: str, shardings=None) -> LM:
                                 "(for a Hugging Face directory use dora_jax.models.hf.load).")
     config = read_config(ckpt_dir)
     target = param_shapes(config)
-    if shardings is not None:
-        target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), target, shardings)
+    if shardings is None:  # whole, on this process's first device (a checkpoint may have been written sharded)
+        shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.local_devices()[0]), target)
+    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), target, shardings)
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(os.path.join(ckpt_dir, "params"), target)
     return LM(config=config, params=params)
 
 
-def load_policy(path: str, model) -> LM:
-    """A dora_jax checkpoint or HF directory, with the compute dtype and layer options of `model` (config.model)."""
-    lm = load(path) if is_checkpoint(path) else hf.load(path, dtype=model.param_dtype)
+def load_policy(path: str, model, shardings=None) -> LM:
+    """A dora_jax checkpoint or HF directory, with the compute dtype and layer options of `model` (config.model);
+    `shardings` places each parameter's shards straight on their devices."""
+    lm = load(path, shardings) if is_checkpoint(path) else hf.load(path, dtype=model.param_dtype, shardings=shardings)
     lm.config = with_compute(lm.config, model)
     return lm

@@ -102,12 +102,14 @@ def checkpoint_dtype(model_dir: str) -> str:
     return declared if declared in ("float32", "bfloat16", "float16") else "float32"
 
 
-def load(model_dir: str, dtype: str = "float32") -> LM:
+def load(model_dir: str, dtype: str = "float32", shardings: Params | None = None) -> LM:
     """Loads a local HF Qwen2/Llama directory; params are stored and computed in `dtype`.
 
     Each tensor is read straight from disk into a buffer of its own size and copied into
     the preallocated stacked parameter, so peak host memory stays near one copy of the
-    parameters (see `benchmarks/load_memory.py`).
+    parameters (see `benchmarks/load_memory.py`). With `shardings` (a tree of `Sharding`s, e.g.
+    the trainer's) each device receives only its shard of each parameter; nothing is staged
+    on one device.
     """
     config = read_config(model_dir, dtype)
     index = safetensors_io.index_dir(model_dir)
@@ -137,7 +139,11 @@ def load(model_dir: str, dtype: str = "float32") -> LM:
             dest = host[i] if per_layer else host
             np.copyto(_to_hf(dest, want, in_ndim), safetensors_io.read_tensor(info), casting="unsafe")
             used.add(key)
-        _set(params, path, jax.device_put(host).block_until_ready())
+        if shardings is None:
+            placed = jax.device_put(host)
+        else:  # each addressable device gets its slice, whatever the process count
+            placed = jax.make_array_from_callback(shape, _get(shardings, path), lambda index, h=host: h[index])
+        _set(params, path, placed.block_until_ready())
         del host
     unexpected = sorted(k for k in index if k not in used and not k.endswith(_IGNORED_SUFFIXES)
                         and not (config.tie_word_embeddings and k == "lm_head.weight"))

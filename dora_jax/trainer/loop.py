@@ -34,6 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from dora_jax import distributed, models, sharding
 from dora_jax.batch import RolloutBatch
 from dora_jax.models import ModelConfig, checkpoint
+from dora_jax.models.hf import read_config as hf_read_config
 from dora_jax.sharding import MeshConfig
 from dora_jax.trainer.state import OptimConfig, TrainState, init_state, make_optimizer
 from dora_jax.trainer.step import KL_METRIC, jit_update, make_update
@@ -140,21 +141,31 @@ class Trainer:
     def from_config(cls, config, workdir: str, devices=None) -> "Trainer":
         """The trainer `config` describes. `devices`: the run's devices (default: every process's); those of
         the sampler (config.rollout.sampler_devices) are left out of the learner's mesh."""
-        model_config, frozen, init_params = initial_trees(config)
         options = parse(TrainerConfig, config.trainer, "trainer")
-        tx, update = update_of(config, model_config)
         mesh_cfg = parse(MeshConfig, config.mesh, "mesh")
         mesh = sharding.make_mesh(mesh_cfg, sharding.split_devices(config, devices)[0])
+        model_config = model_config_of(config)
+        model_config.check_tensor_parallel(mesh.shape["tensor"])
+        # Loaded straight into the trainer's layout: no tree is staged whole on one device.
+        shardings = sharding.tree_shardings(models.lm.boxed_shapes(model_config), mesh, mesh_cfg.rules)
+        model_config, frozen, init_params = initial_trees(config, shardings)
+        tx, update = update_of(config, model_config)
         return cls(model_config, frozen, init_params, tx, update, mesh, mesh_cfg.rules, workdir, options,
                    stop_rules=[kl_cap(options.stop_kl)] if options.stop_kl else [],
                    export_dtype=config.model.param_dtype)
 
     def _place(self, trees: dict[str, Any]) -> dict[str, Any]:
-        """`trees` on the mesh. Through the host: a process can put only a host value (its own identical
-        copy) onto a mesh that spans other processes' devices. A tree given twice is placed once."""
+        """`trees` on the mesh; a tree already laid out there (as `from_config` loads them) is kept as it is.
+        Others go through the host: a process can put only a host value (its own identical copy) onto a mesh
+        that spans other processes' devices. A tree given twice is placed once."""
         placed: dict[int, Any] = {}
         for tree in trees.values():
-            if id(tree) not in placed:
+            if id(tree) in placed:
+                continue
+            if all(getattr(x, "sharding", None) == s for x, s in zip(jax.tree.leaves(tree),
+                                                                      jax.tree.leaves(self.param_shardings))):
+                placed[id(tree)] = tree
+            else:
                 placed[id(tree)] = jax.device_put(jax.device_get(tree), self.param_shardings)
         return {name: placed[id(tree)] for name, tree in trees.items()}
 
@@ -204,7 +215,7 @@ class Trainer:
         Every process of a multi-process run calls it: the parameters are gathered from all of them.
         """
         saved_config = self.model_config.replace(dtype=self.export_dtype, remat=False, unroll_layers=False)
-        checkpoint.save(out_dir, saved_config, distributed.to_host(self.state.params))
+        checkpoint.save(out_dir, saved_config, self.state.params)  # orbax writes each process's shards
 
     # ------------------------------------------------------------------ training
     def run(self, source: BatchSource, num_steps: int | None = None,
@@ -357,25 +368,39 @@ class UpdateLayout(NamedTuple):
                           metrics_sharding=NamedSharding(self.layout.mesh, P()), layout=self.layout)
 
 
-def initial_trees(config) -> tuple[ModelConfig, dict[str, Any], Any]:
+def model_config_of(config) -> ModelConfig:
+    """The model a config trains: the config of `ref_dir` (only its config file is read) with `config.model`'s
+    compute options, or `config.model` itself when the trees are random."""
+    if not config.ref_dir:
+        return ModelConfig(**config.model)
+    path = os.path.expanduser(config.ref_dir)
+    model_config = (checkpoint.read_config(path) if checkpoint.is_checkpoint(path)
+                    else hf_read_config(path, config.model.param_dtype))
+    return checkpoint.with_compute(model_config, config.model)
+
+
+def initial_trees(config, shardings=None) -> tuple[ModelConfig, dict[str, Any], Any]:
     """(model config, {"ref": params, "nora": params}, the policy's initial params) of `config`.
 
     ref_dir / nora_dir are loaded (no nora_dir: Nora is ref, the same object); without a ref_dir the trees
     are random (tests and benchmarks). `config.policy_init` picks the policy's start: "nora", "ref" or "random".
+    `shardings` (of one parameter tree) places every tree's shards straight on their devices.
     """
     if config.policy_init not in POLICY_INITS:
         raise ValueError(f"config.policy_init={config.policy_init!r}: use one of {', '.join(POLICY_INITS)}.")
+    init_fn = models.init_params if shardings is None else jax.jit(
+        models.init_params.__wrapped__, static_argnums=0, out_shardings=shardings)  # random trees, laid out
     if config.ref_dir:
-        ref = checkpoint.load_policy(config.ref_dir, config.model)
-        nora = checkpoint.load_policy(config.nora_dir, config.model) if config.nora_dir else ref
+        ref = checkpoint.load_policy(config.ref_dir, config.model, shardings)
+        nora = checkpoint.load_policy(config.nora_dir, config.model, shardings) if config.nora_dir else ref
         model_config, frozen = ref.config, {"ref": ref.params, "nora": nora.params}
     else:
         model_config = ModelConfig(**config.model)
-        frozen = {"ref": models.init_params(model_config, jax.random.key(config.seed + 1)),
-                  "nora": models.init_params(model_config, jax.random.key(config.seed + 2))}
+        frozen = {"ref": init_fn(model_config, jax.random.key(config.seed + 1)),
+                  "nora": init_fn(model_config, jax.random.key(config.seed + 2))}
     init = frozen.get(config.policy_init)
     if init is None:
-        init = models.init_params(model_config, jax.random.key(config.seed))
+        init = init_fn(model_config, jax.random.key(config.seed))
     return model_config, frozen, init
 
 
