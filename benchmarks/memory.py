@@ -2,6 +2,7 @@
 
     python benchmarks/memory.py --config=configs/indicator.py:math --config.ref_dir=DIR \
         --mesh=data=1,fsdp=8,tensor=1 --devices=8 [--config.optim.grad_accum=64] [--json=FILE] [--baseline]
+    python benchmarks/memory.py --config=configs/indicator.py:math --model=qwen2.5-1.5b    # a published shape
 
 Compile-only: on `--devices` simulated CPU devices, the real update (`Trainer`'s own
 `UpdateLayout`, jitted with its shardings) and the real sampler program (`rollout.sampler`,
@@ -14,6 +15,7 @@ arguments + outputs not aliasing donated arguments + temporaries), the planner's
 their ratio, the collectives of the optimized HLO by kind, the largest all-reduces, and the
 sampler's KV cache per device as found in the program. `--baseline` adds the update's
 per-device temporaries against one device's.
+`--model` measures a published shape (`SHAPES`) without a directory.
 `--json` writes the same, with `compiled_peak_gib` and `planned_peak_gib` for "update" and
 "sampler". The CPU compiler stands in for the accelerator's: it runs some bf16 operations in
 f32 (so bf16 temporaries can count double) and schedules differently, so treat the figures as
@@ -25,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 
 # The device count must be set before jax starts.
 _DEVICES = next((int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--devices=")), 8)
@@ -38,12 +41,26 @@ from ml_collections import config_flags  # noqa: E402
 
 from dora_jax import pipeline, plan, sharding  # noqa: E402
 
+# Published config.json shapes (no weights): Qwen2.5-0.5B, -1.5B and -7B.
+_QWEN = dict(model_type="qwen2", max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6, hidden_act="silu",
+             torch_dtype="bfloat16")
+SHAPES = {
+    "qwen2.5-0.5b": dict(_QWEN, vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(_QWEN, vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                         num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen2.5-7b": dict(_QWEN, vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                       num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False),
+}
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/indicator.py:math.",
                                           lock_config=True)
 _MESH = flags.DEFINE_string("mesh", "data=1,fsdp=8,tensor=1", "Mesh axis sizes; their product is --devices.")
 flags.DEFINE_integer("devices", 8, "Simulated CPU devices (read before jax starts).")
 _PROMPT_LEN = flags.DEFINE_integer("prompt_len", None, "Prompt tokens (default: the task's prompt budget).")
 _PROGRAMS = flags.DEFINE_list("programs", ["update", "sampler"], "Which programs to compile.")
+_MODEL = flags.DEFINE_enum("model", None, list(SHAPES), "A published model shape to measure instead of "
+                           "--config.ref_dir (its config.json is written to a temporary directory).")
 _JSON = flags.DEFINE_string("json", None, "Write the figures to this JSON file.")
 _BASELINE = flags.DEFINE_bool("baseline", False, "Also compile the update on one device and print the ratio of "
                               "per-device temporaries (the mesh's over one device's).")
@@ -102,6 +119,10 @@ def report(figures: dict, config, sizes: dict[str, int]) -> str:
 def main(argv):
     del argv
     config = _CONFIG.value
+    if _MODEL.value:
+        config.ref_dir = tempfile.mkdtemp()
+        with open(os.path.join(config.ref_dir, "config.json"), "w") as f:
+            json.dump(SHAPES[_MODEL.value], f)
     sizes = plan.parse_mesh(_MESH.value)
     try:
         figures = measure(config, sizes, tuple(_PROGRAMS.value), _PROMPT_LEN.value)

@@ -18,7 +18,8 @@ Assumptions (what the figures mean):
 - Sampler: KV cache of B = prompts_per_step * group_size rows and T = prompt + max_new_tokens
   slots, per layer k and v of [kv_heads, head_dim] in the compute dtype, rows split by the
   `batch` rule; and the policy in the compute dtype gathered over the row axes for
-  decoding, plus the gather's staging (about 60% of a parameter-dtype copy, measured). In
+  decoding, plus, with bf16 compute, the f32 weight copies the CPU compiler hoists out of the
+  decode loop for its f32 matmuls (about 60% of an f32 copy, measured). In
   `rollout.mode = "process"` the sampler is a second JAX runtime that holds the policy and
   its cache unsharded on its first device, running alongside the update.
 - Update activations, per micro-batch of B / grad_accum rows split over the row axes: with
@@ -173,9 +174,9 @@ def plan(config, mesh: Mapping[str, int] | None = None, prompt_len: int | None =
     kv_cache = 2 * _array_bytes(kv_mesh, rules, ("layers", "batch", "length", "kv_heads", "head_dim"),
                                 (model_config.num_layers, B, T, model_config.num_kv_heads, model_config.head_dim),
                                 model_config.dtype)
-    # Decoding reads a copy of the policy in the compute dtype, gathered over the row axes; gathering stages
-    # the parameter-dtype tree, which at its peak holds about 60% of a gathered copy (measured with
-    # benchmarks/memory.py at 0.5B-7B: 53-68%).
+    # Decoding reads a copy of the policy in the compute dtype, gathered over the row axes. The CPU compiler
+    # runs bf16 matmuls in f32 and hoists the widened weights out of the decode loop: about 60% of an f32
+    # copy on top (measured with benchmarks/memory.py at 0.5B-7B: 53-68%; an accelerator keeps bf16).
     weight_rules = layout.weight_rules()
     compute_copy = (_tree_bytes(boxed, kv_mesh, weight_rules, model_config.dtype)
                     + int(0.6 * _tree_bytes(boxed, kv_mesh, weight_rules)))
@@ -413,7 +414,7 @@ def check(figures: MemoryPlan, device_bytes: int) -> None:
         fixes.append("compute in bfloat16 (config.model.dtype='bfloat16' halves activations and the KV cache)")
     items = {"ref + Nora + Dora params": params, "optimizer state": figures.optimizer, "gradients": figures.gradients,
              "update activations": figures.activations, "sampler KV cache": figures.kv_cache,
-             "sampler params": figures.sampler_params}
+             "sampler weights": figures.sampler_params}
     largest = ", ".join(f"{name} {_gib(value)}" for name, value in sorted(items.items(), key=lambda kv: -kv[1])[:3])
     raise ValueError(
         f"does not fit: the learner needs {_gib(figures.total)} per device at its peak but the device has "

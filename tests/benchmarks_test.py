@@ -1,4 +1,4 @@
-"""benchmarks/accelerator.py: its FLOPs and bytes formulas against real parameter trees, and one tiny CPU run."""
+"""benchmarks/: accelerator.py's FLOPs and bytes formulas against real parameter trees, one tiny CPU run; memory.py's figures."""
 
 import json
 import os
@@ -54,3 +54,25 @@ def test_tiny_cpu_run_prints_and_writes_every_figure(tmp_path):
     assert r["update_mfu"] == pytest.approx(flops / r["update_seconds"] / 1e12)
     assert 0 < r["decode_roofline_fraction"] and r["decode_tok_s"] > 0
     assert "MFU" in result.stdout and "HBM roofline" in result.stdout
+
+
+def test_memory_benchmark_writes_compiled_and_planned_figures(tmp_path):
+    """benchmarks/memory.py on 8 simulated devices for a small model: both programs, both figures, the cache."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps(dict(
+        model_type="qwen2", vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)))
+    out = tmp_path / "memory.json"
+    run = subprocess.run(
+        [sys.executable, "benchmarks/memory.py", "--config=configs/indicator.py:math", f"--config.ref_dir={model_dir}",
+         "--config.rollout.prompts_per_step=2", "--config.objective.group_size=4", "--config.task.max_prompt_len=32",
+         "--config.rollout.max_new_tokens=32", "--config.optim.grad_accum=1", "--mesh=data=2,fsdp=4,tensor=1",
+         "--devices=8", f"--json={out}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "plan/peak" in run.stdout and "KV cache per device" in run.stdout
+    figures = json.loads(out.read_text())["figures"]
+    for program in ("update", "sampler"):
+        assert figures[program]["compiled_peak_gib"] > 0 and figures[program]["planned_peak_gib"] > 0
+    # 8 rows of 64 slots split over the 8 row devices: one row each.
+    assert figures["sampler"]["kv_cache_gib"] == pytest.approx(figures["sampler"]["kv_cache_total_gib"] / 8)
