@@ -185,6 +185,13 @@ class Trainer:
             return
         abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.state,
                                 self.state_shardings)
+        # Shapes are compared first: a restore that fails inside orbax leaves its reads running and buries the
+        # cause under pages of shutdown errors.
+        differs = _shape_difference(os.path.join(self.workdir, "checkpoints"), latest, abstract)
+        if differs:
+            raise RuntimeError(f"{self.workdir}/checkpoints/{latest}: cannot be restored: {differs}. It was written "
+                               "by a run with a different model or optimizer config; use a new --workdir or the "
+                               "original config.")
         try:
             restored = self.ckpt.restore(latest, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
@@ -402,6 +409,32 @@ def initial_trees(config, shardings=None) -> tuple[ModelConfig, dict[str, Any], 
     if init is None:
         init = init_fn(model_config, jax.random.key(config.seed))
     return model_config, frozen, init
+
+
+def _shape_difference(ckpt_dir: str, step: int, abstract: Any) -> str | None:
+    """How the train state saved at `step` differs in shape from `abstract` (None: it does not)."""
+    manager = ocp.CheckpointManager(ckpt_dir, item_names=("state", "meta"), item_handlers={
+        "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+    try:
+        stored = manager.item_metadata(step)["state"]
+    except Exception:  # noqa: BLE001 - unreadable metadata: the restore itself will say what is wrong
+        return None
+    finally:
+        manager.close()
+
+    def shapes(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
+        leaves = jax.tree_util.tree_leaves_with_path(getattr(tree, "tree", tree), is_leaf=lambda x: hasattr(x, "shape"))
+        return {tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path): tuple(x.shape)
+                for path, x in leaves}
+
+    have, want = shapes(stored), shapes(abstract)
+    if set(have) != set(want):
+        missing = sorted(set(want) - set(have)) or sorted(set(have) - set(want))
+        return f"its train state has other parameters (e.g. {'/'.join(missing[0])})"
+    for name, shape in want.items():
+        if have[name] != shape:
+            return f"{'/'.join(name)} is stored as {list(have[name])}, this config needs {list(shape)}"
+    return None
 
 
 def _truncate_jsonl(path: str, step: int) -> None:

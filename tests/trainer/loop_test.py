@@ -217,3 +217,31 @@ def test_a_stop_rule_reads_the_update_just_applied_also_right_after_a_resume(tmp
     written = resumed.run(RandomRollouts(seed=5, **SHAPE))
     assert [r["step"] for r in written] == [4] and resumed.step == 4
     assert resumed.stopped_early == "stopped at step 4: step 4 reached"
+
+
+_SHAPED_CHILD = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    import jax
+    from tests.trainer.loop_test import SHAPE, smoke_config
+    from dora_jax.testing import RandomRollouts
+    from dora_jax.trainer import Trainer
+    if __name__ == "__main__":
+        c = smoke_config(num_steps=2, checkpoint_every=1)
+        c.model.hidden_size = int(sys.argv[2])
+        Trainer.from_config(c, sys.argv[1], devices=jax.devices()[:1]).run(RandomRollouts(seed=5, **SHAPE))
+""")
+
+
+def test_a_checkpoint_of_other_shapes_is_named_last_without_shutdown_noise(tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text(_SHAPED_CHILD.format(root=os.path.abspath(ROOT)))
+    workdir = str(tmp_path / "run")
+    subprocess.run([sys.executable, str(script), workdir, "32"], check=True, capture_output=True)
+    failed = subprocess.run([sys.executable, str(script), workdir, "48"], capture_output=True, text=True)
+    assert failed.returncode != 0
+    lines = failed.stderr.strip().splitlines()
+    assert "params/embedding is stored as [64, 32], this config needs [64, 48]" in lines[-1], lines[-1]
+    assert "use a new --workdir or the original config" in lines[-1]
+    assert "Event loop is closed" not in failed.stderr and "Python is likely shutting down" not in failed.stderr
+    assert failed.stderr.count("Traceback") == 1

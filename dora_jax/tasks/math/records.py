@@ -15,6 +15,7 @@ import os
 from typing import Iterator
 
 FORMATS = ("json", "jsonl", "parquet")
+NUMERIC_OK = ("answer",)  # fields a file may store as numbers (read as their text)
 
 
 class DataError(ValueError):
@@ -30,6 +31,12 @@ def file_format(path: str) -> str:
     return fmt
 
 
+def _not_utf8(path: str, where: str, error: UnicodeDecodeError) -> DataError:
+    return DataError(f"{path}, {where}: not UTF-8 text (byte {error.object[error.start:error.start + 1]!r} at offset "
+                     f"{error.start}); JSON / JSONL data files are UTF-8. Re-save the file as UTF-8 (a UTF-16 or "
+                     "binary file cannot be read).")
+
+
 def _json_rows(path: str) -> Iterator[tuple[str, object]]:
     with open(path, encoding="utf-8") as f:
         try:
@@ -37,6 +44,8 @@ def _json_rows(path: str) -> Iterator[tuple[str, object]]:
         except json.JSONDecodeError as e:
             raise DataError(f"{path}, line {e.lineno}: not valid JSON ({e.msg}). A .json file holds one list of "
                             "objects; use .jsonl for one object per line.") from e
+        except UnicodeDecodeError as e:
+            raise _not_utf8(path, "the file", e) from e
     if isinstance(data, dict):  # {"data": [...]} as some exports write it
         lists = [v for v in data.values() if isinstance(v, list)]
         data = lists[0] if len(lists) == 1 else data
@@ -47,8 +56,12 @@ def _json_rows(path: str) -> Iterator[tuple[str, object]]:
 
 
 def _jsonl_rows(path: str) -> Iterator[tuple[str, object]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _not_utf8(path, f"line {lineno}", e) from e
             if not line.strip():
                 continue
             try:
@@ -89,11 +102,16 @@ def read_rows(path: str, fields: dict[str, str], optional: tuple[str, ...] = ())
             if value is None:
                 if name in optional:
                     continue
+                if column in row:
+                    raise DataError(f"{path}, {where}: field {column!r} is null. Give it a value or delete the row.")
                 raise DataError(f"{path}, {where}: missing field {column!r} (has {sorted(row)}). Fix the row, or "
                                 f"map the field with --config.task.{name}_field=COLUMN.")
-            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            # Answers may be stored as numbers (AIME sets do); every other field is text.
+            allowed = (str, int, float) if name in NUMERIC_OK else (str,)
+            if isinstance(value, bool) or not isinstance(value, allowed):
                 raise DataError(f"{path}, {where}: field {column!r} must be text, found {type(value).__name__} "
-                                f"({str(value)[:60]!r}).")
+                                f"({str(value)[:60]!r}). Check that --config.task.{name}_field names the right "
+                                "column.")
             item[name] = value if isinstance(value, str) else _number_text(value)
         out.append(item)
     if not out:

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from dora_jax.models.config import SUPPORTED_MODEL_TYPES, UnsupportedModelError
 from dora_jax.tasks.math import records, tfds_builder
 from dora_jax.tasks.streams import LengthBucketed, left_pad, prompt_stream
 from dora_jax.tasks.math import grader
@@ -66,9 +67,20 @@ def load_tokenizer(path: str):
     if not path or not os.path.isdir(os.path.expanduser(path)):
         raise records.DataError(f"tokenizer dir {path!r} does not exist. Set config.task.tokenizer_dir (or ref_dir) to "
                                 "a local Hugging Face model dir holding tokenizer.json / tokenizer_config.json.")
+    config_path = os.path.join(os.path.expanduser(path), "config.json")
+    if os.path.exists(config_path):  # a model of another architecture fails inside transformers, so name it first
+        try:
+            with open(config_path) as f:
+                model_type = json.load(f).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            model_type = None
+        if model_type is not None and model_type not in SUPPORTED_MODEL_TYPES:
+            raise UnsupportedModelError(f"{config_path}: model_type {model_type!r} is not supported; supported: "
+                                        f"{sorted(SUPPORTED_MODEL_TYPES)}. Point config.task.tokenizer_dir / "
+                                        "config.ref_dir at a Qwen2 or Llama model dir.")
     try:
         return transformers.AutoTokenizer.from_pretrained(os.path.expanduser(path), local_files_only=True)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - transformers raises many types for a dir it cannot use
         raise records.DataError(f"{path}: cannot load a tokenizer ({type(e).__name__}: {e}). The dir needs "
                                 "tokenizer.json (or the files of a slow tokenizer) and tokenizer_config.json.") from e
 

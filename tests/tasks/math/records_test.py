@@ -52,11 +52,30 @@ def test_malformed_json_and_parquet_name_the_row(tmp_path):
         read_rows(str(tmp_path / "b.json"), FIELDS)
     pq.write_table(pa.Table.from_pylist([{"problem": "a", "answer": "1"}, {"problem": None, "answer": "2"}]),
                    tmp_path / "c.parquet")
-    with pytest.raises(DataError, match=r"c\.parquet, row 1: missing field 'problem'"):
+    with pytest.raises(DataError, match=r"c\.parquet, row 1: field 'problem' is null"):
         read_rows(str(tmp_path / "c.parquet"), FIELDS)
+    pq.write_table(pa.Table.from_pylist([{"problem": 0, "answer": 1}]), tmp_path / "ints.parquet")
+    with pytest.raises(DataError, match=r"ints\.parquet, row 0: field 'problem' must be text, found int"):
+        read_rows(str(tmp_path / "ints.parquet"), FIELDS)
     (tmp_path / "d.parquet").write_text("not parquet")
     with pytest.raises(DataError, match=r"d\.parquet: cannot be read as Parquet"):
         read_rows(str(tmp_path / "d.parquet"), FIELDS)
+
+
+def test_null_fields_and_files_that_are_not_utf8_are_named(tmp_path):
+    (tmp_path / "null.jsonl").write_text('{"problem": null, "answer": "1"}\n')
+    with pytest.raises(DataError, match=r"null\.jsonl, line 1: field 'problem' is null"):
+        read_rows(str(tmp_path / "null.jsonl"), FIELDS)
+    row = json.dumps({"problem": "a", "answer": "1"}) + "\n"
+    (tmp_path / "utf16.jsonl").write_bytes(row.encode("utf-16"))
+    with pytest.raises(DataError, match=r"utf16\.jsonl, line 1: not UTF-8 text .* Re-save the file as UTF-8"):
+        read_rows(str(tmp_path / "utf16.jsonl"), FIELDS)
+    (tmp_path / "binary.jsonl").write_bytes(row.encode() + bytes(range(128, 256)) + b"\n")
+    with pytest.raises(DataError, match=r"binary\.jsonl, line 2: not UTF-8 text"):
+        read_rows(str(tmp_path / "binary.jsonl"), FIELDS)
+    (tmp_path / "utf16.json").write_bytes(json.dumps([{"problem": "a", "answer": "1"}]).encode("utf-16"))
+    with pytest.raises(DataError, match=r"utf16\.json, the file: not UTF-8 text"):
+        read_rows(str(tmp_path / "utf16.json"), FIELDS)
 
 
 def test_missing_file_unknown_type_and_empty_file(tmp_path):

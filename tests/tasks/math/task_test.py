@@ -3,6 +3,7 @@
 Length bucketing itself is tested in tests/data/batching_test.py."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from configs import nora_grpo
 from dora_jax.tasks.math import tfds_builder
 from dora_jax.tasks.math.task import MathTask
+from dora_jax.models.config import UnsupportedModelError
 from dora_jax.tasks.math.records import DataError
 from tests import math_world
 
@@ -90,6 +92,12 @@ def test_bad_inputs_fail_with_the_cause(world, tmp_path):
     (tmp_path / "notok").mkdir()
     with pytest.raises(DataError, match="cannot load a tokenizer"):
         MathTask(_cfg(world, tokenizer_dir=str(tmp_path / "notok")))
+    # A model of another architecture, its tokenizer beside it: named before transformers trips over it.
+    mamba = shutil.copytree(world["model"], tmp_path / "mamba")
+    config = json.loads((mamba / "config.json").read_text())
+    (mamba / "config.json").write_text(json.dumps({**config, "model_type": "mamba"}))
+    with pytest.raises(UnsupportedModelError, match=r"mamba/config\.json: model_type 'mamba' is not supported"):
+        MathTask(_cfg(world, tokenizer_dir=str(mamba)))
 
 
 def test_tfds_builder_serves_the_same_rows_as_the_files(world, tmp_path):
