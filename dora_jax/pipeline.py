@@ -30,7 +30,7 @@ from dora_jax import cache, distributed, objectives, sections, tasks
 from dora_jax.cache import POLICY_DIR
 from dora_jax.eval import plots, report
 from dora_jax.eval.evaluate import EvalConfig, Evaluator, summarize
-from dora_jax.models import ModelConfig, checkpoint
+from dora_jax.models import ModelConfig, checkpoint, hf
 from dora_jax.rollout.process import ProcessRollouts
 from dora_jax.rollout.sft import DistillConfig, SFTBatches, SFTConfig, distill_corpus
 from dora_jax.rollout.source import InlineRollouts, RolloutConfig
@@ -101,6 +101,39 @@ def check_config(config) -> None:
             _require_section(c, "sft", SFTConfig, "common.sft(c) in the config file adds it")
         if c.teacher_dir or "teacher" in c.build:
             _require_section(c, "distill", DistillConfig, "configs/distill.py shows how to add it")
+        _check_paths(c)
+
+
+def _check_paths(config) -> None:
+    """Model dirs exist and hold a supported model (only their config files are read); a file-based task's data
+    files and tokenizer dir exist."""
+    model_config = None
+    for field in ("ref_dir", "nora_dir", "teacher_dir"):
+        path = os.path.expanduser(config.get(field) or "")
+        if not path:
+            continue
+        try:
+            read = checkpoint.read_config(path) if checkpoint.is_checkpoint(path) else hf.read_config(path)
+        except (OSError, ValueError) as e:  # FileNotFoundError, UnsupportedModelError, bad JSON ...
+            raise sections.ConfigError(f"config.{field}={config[field]!r}: {_one_line(e)}") from None
+        model_config = model_config or read
+    if model_config is not None and config.mesh.tensor > 1:
+        try:
+            model_config.check_tensor_parallel(config.mesh.tensor)
+        except ValueError as e:
+            raise sections.ConfigError(str(e)) from None
+    task = config.task
+    if task.name == "math" and task.source == "files":
+        for field in ("train_data", "eval_data"):
+            for path in filter(None, (p.strip() for p in task[field].split(","))):
+                if not os.path.exists(os.path.expanduser(path)):
+                    raise sections.ConfigError(
+                        f"config.task.{field}={task[field]!r}: {path} does not exist. Point it at a local .json, "
+                        ".jsonl or .parquet file (nothing is downloaded).")
+        tokenizer_dir = os.path.expanduser(task.tokenizer_dir or config.ref_dir or "")
+        if tokenizer_dir and not os.path.isdir(tokenizer_dir):
+            raise sections.ConfigError(f"config.task.tokenizer_dir: {tokenizer_dir} does not exist. Set it (or "
+                                       "config.ref_dir) to a local Hugging Face model dir with tokenizer files.")
 
 
 def _require_section(config, name: str, cls, fix: str) -> None:
@@ -276,10 +309,13 @@ def _samples_markdown(path: str) -> dict[int, str]:
     return {step: "\n".join(rows) for step, rows in tables.items()}
 
 
+TRACEBACK_VAR = "DORA_JAX_TRACEBACK"  # set (to anything) to see a config error's traceback instead of one line
+
+
 def launch(main) -> None:
     """`app.run(main)` for the launchers: absl logs from WARNING up (`quiet_info_logs`), and a config error,
     whether a `--config.x=...` override naming no field or a ConfigError from the checks, ends the process
-    with one line naming it instead of a traceback."""
+    with one line naming it instead of a traceback (`DORA_JAX_TRACEBACK=1` shows the traceback)."""
     argv = sys.argv
     try:
         flags.FLAGS(sys.argv)  # parses the flags and applies the config overrides, as app.run would
@@ -295,6 +331,8 @@ def launch(main) -> None:
         try:
             return main(argv)
         except sections.ConfigError as e:
+            if os.environ.get(TRACEBACK_VAR):
+                raise
             sys.exit(f"error: {e}")
 
     app.run(checked, argv=argv)

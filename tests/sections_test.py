@@ -2,6 +2,7 @@
 messages that name the field, the value and the fix."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -92,3 +93,31 @@ def test_a_sweep_over_a_field_the_config_does_not_have_is_refused_before_any_run
     with pytest.raises(ConfigError, match=r"config\.sweep='objective\.k=2,4': this config has no field"):
         experiments.sweep(c, str(tmp_path))
     assert not list(tmp_path.iterdir())
+
+
+def test_model_dirs_data_files_and_the_mesh_are_checked_before_any_work(tmp_path):
+    def refused(change, message):
+        c = indicator.get_config("smoke")
+        change(c)
+        with pytest.raises(ConfigError, match=message):
+            pipeline.run(c, str(tmp_path / "run"))
+        assert not (tmp_path / "run").exists()
+
+    refused(lambda c: c.update(ref_dir=str(tmp_path / "nowhere")), r"config\.ref_dir=.*nowhere.*no such model directory")
+    mamba = tmp_path / "mamba"
+    mamba.mkdir()
+    (mamba / "config.json").write_text('{"model_type": "mamba", "hidden_size": 64}')
+    refused(lambda c: c.update(ref_dir=str(mamba)), r"config\.ref_dir=.*model_type 'mamba' is not supported")
+    qwen = tmp_path / "qwen"
+    qwen.mkdir()
+    (qwen / "config.json").write_text(json.dumps(dict(
+        model_type="qwen2", vocab_size=64, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=6, num_key_value_heads=2)))
+    refused(lambda c: (c.update(ref_dir=str(qwen)), c.mesh.update(data=1, tensor=4)),
+            r"config\.mesh\.tensor=4 does not divide the model's num_heads=6")
+    math = nora_grpo.get_config("math")
+    math.ref_dir = str(qwen)
+    math.task.train_data = str(tmp_path / "missing.jsonl")
+    with pytest.raises(ConfigError, match=r"config\.task\.train_data=.*missing\.jsonl does not exist"):
+        pipeline.run(math, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

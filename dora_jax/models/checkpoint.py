@@ -64,6 +64,12 @@ def load(ckpt_dir: str, shardings=None) -> LM:
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), target, shardings)
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(os.path.join(ckpt_dir, "params"), target)
+    finite = distributed.to_host(jax.jit(lambda t: jax.tree.map(lambda x: jax.numpy.isfinite(x).all(), t))(params))
+    bad = [jax.tree_util.keystr(path) for path, ok in jax.tree_util.tree_leaves_with_path(finite) if not ok]
+    if bad:
+        raise ValueError(f"{ckpt_dir}: parameter {bad[0]} holds NaN or infinite values"
+                         f"{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}; the checkpoint is corrupt. "
+                         "Use an earlier export or retrain it.")
     return LM(config=config, params=params)
 
 

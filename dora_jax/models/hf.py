@@ -138,6 +138,10 @@ def load(model_dir: str, dtype: str = "float32", shardings: Params | None = None
             # Copy (and cast, and transpose) straight into the stacked buffer: no temporaries.
             dest = host[i] if per_layer else host
             np.copyto(_to_hf(dest, want, in_ndim), safetensors_io.read_tensor(info), casting="unsafe")
+            if not np.isfinite(dest).all():
+                raise safetensors_io.CorruptCheckpointError(
+                    f"{info.path}: tensor {key!r} holds NaN or infinite values (in {dtype}); the weights are "
+                    "corrupt, or overflow the dtype they are loaded in.")
             used.add(key)
         if shardings is None:
             placed = jax.device_put(host)

@@ -167,3 +167,21 @@ def test_load_peak_memory_is_near_one_copy(tmp_path):
     subprocess.run([sys.executable, script, "--size=tiny", f"--json={out}"], check=True, capture_output=True)
     stats = json.load(open(out))
     assert stats["peak_growth_over_size"] < 2.0, stats
+
+
+def test_non_finite_weights_are_named(tmp_path):
+    from dora_jax.models import ModelConfig, checkpoint
+
+    config = ModelConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2,
+                         num_kv_heads=1, head_dim=8, qkv_bias=True)
+    hf.save_random(config, str(tmp_path / "good"))
+    lm = hf.load(str(tmp_path / "good"))
+    params = dict(lm.params, layers=dict(lm.params["layers"]))
+    params["layers"]["mlp"] = dict(params["layers"]["mlp"])
+    params["layers"]["mlp"]["up_kernel"] = params["layers"]["mlp"]["up_kernel"].at[1, 0, 0].set(np.nan)
+    hf.save(lm, params, str(tmp_path / "nan_hf"))
+    with pytest.raises(CorruptCheckpointError, match=r"'model\.layers\.1\.mlp\.up_proj\.weight' holds NaN"):
+        hf.load(str(tmp_path / "nan_hf"))
+    checkpoint.save(str(tmp_path / "nan_ckpt"), config, params)
+    with pytest.raises(ValueError, match=r"parameter \['layers'\]\['mlp'\]\['up_kernel'\] holds NaN"):
+        checkpoint.load(str(tmp_path / "nan_ckpt"))
