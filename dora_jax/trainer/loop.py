@@ -17,9 +17,11 @@ checkpoints together.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
+import shutil
 import time
 from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
@@ -212,9 +214,23 @@ class Trainer:
     def save(self, source: BatchSource | None) -> None:
         meta = {"step": self.step, "source": source.get_state() if source is not None else None,
                 "stopped_early": self.stopped_early, "stop_record": self._stop_record}
+        self._check_disk_space()
         self.ckpt.save(self.step, args=ocp.args.Composite(state=ocp.args.StandardSave(self.state),
                                                           meta=ocp.args.JsonSave(meta)), force=True)
         self.ckpt.wait_until_finished()
+
+    def _check_disk_space(self) -> None:
+        """Refuses a checkpoint that cannot fit on the workdir's disk before a byte is written: orbax fails
+        deep inside its writer threads on a full disk and buries the cause under pages of errors."""
+        need = sum(shard.data.nbytes for leaf in jax.tree.leaves(self.state) for shard in leaf.addressable_shards
+                   if shard.replica_id == 0)
+        free = shutil.disk_usage(self.ckpt.directory).free
+        if free < 1.1 * need + 2**20:
+            kept = self.ckpt.latest_step()
+            raise OSError(errno.ENOSPC, f"{self.ckpt.directory}: {free / 2**20:.1f} MiB free, the checkpoint of step "
+                          f"{self.step} needs about {need / 2**20:.1f} MiB. Free space or move --workdir to a larger "
+                          "disk and rerun to resume; " + (f"the checkpoint of step {kept} is kept." if kept is not None
+                                                          else "no checkpoint was written yet."))
 
     def export(self, out_dir: str) -> None:
         """Writes the policy's current parameters as a dora_jax model checkpoint (loadable as ref_dir / nora_dir).

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -245,3 +246,18 @@ def test_a_checkpoint_of_other_shapes_is_named_last_without_shutdown_noise(tmp_p
     assert "use a new --workdir or the original config" in lines[-1]
     assert "Event loop is closed" not in failed.stderr and "Python is likely shutting down" not in failed.stderr
     assert failed.stderr.count("Traceback") == 1
+
+
+def test_a_full_disk_is_named_before_a_checkpoint_is_written_and_the_last_one_is_kept(tmp_path, monkeypatch):
+    c = smoke_config(num_steps=1, checkpoint_every=1)
+    c.mesh.update(data=1)
+    trainer = Trainer.from_config(c, str(tmp_path), devices=jax.devices()[:1])
+    trainer.run(RandomRollouts(seed=5, **SHAPE))
+    assert trainer.ckpt.latest_step() == 1
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
+    with pytest.raises(OSError, match=r"1000 bytes|0\.0 MiB free, the checkpoint of step 2 needs about .* the "
+                                      r"checkpoint of step 1 is kept"):
+        trainer.run(RandomRollouts(seed=5, **SHAPE), num_steps=2)
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    assert Trainer.from_config(c, str(tmp_path), devices=jax.devices()[:1]).step == 1
