@@ -46,6 +46,9 @@ _POLL_S = 0.5  # how often a blocked side checks that the other is alive
 _PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
 
+_MAX_ERROR_CHARS = 30_000  # a traceback's tail; well under a pipe's buffer, so sending it never blocks
+
+
 class SamplerDiedError(RuntimeError):
     """The sampler process exited; the message holds its traceback or exit signal."""
 
@@ -70,8 +73,8 @@ class _Layout:
                          for leaf, off in zip(self.leaves, self.offsets)]
 
 
-def _sampler_main(config_json: str, model_config_json: str, shm_name: str, locks, versions, batches, start: int,
-                  parent: int):
+def _sampler_main(config_json: str, model_config_json: str, shm_name: str, locks, versions, batches, errors,
+                  start: int, parent: int):
     """The sampler process: wait for fresh enough params, make batch n, put it on the queue, repeat."""
     _die_with(parent)
     # Exiting must never wait for the queue's feeder thread to push a batch into a pipe nobody reads.
@@ -105,7 +108,9 @@ def _sampler_main(config_json: str, model_config_json: str, shm_name: str, locks
                         return
             position += 1
     except BaseException:  # report anything, then exit non-zero
-        batches.put({"error": traceback.format_exc()})
+        # Through a pipe of its own, written before exiting: the batch queue's feeder thread is not waited
+        # for at exit (see above), so an error put there could be lost.
+        errors.send(traceback.format_exc()[-_MAX_ERROR_CHARS:])
         raise
     finally:
         if shm is not None:
@@ -177,11 +182,13 @@ class ProcessRollouts:
         self.locks = (ctx.Lock(), ctx.Lock())
         self.versions = ctx.Queue()
         self.batches = ctx.Queue(maxsize=self.rollout.queue_size)
+        self.errors, errors = ctx.Pipe(duplex=False)
         self.process = ctx.Process(
             target=_sampler_main, name="dora_jax-sampler", daemon=True,
             args=(self.config.to_json_best_effort(), self.model_config.to_json(), self.shm.name, self.locks,
-                  self.versions, self.batches, self.position, os.getpid()))
+                  self.versions, self.batches, errors, self.position, os.getpid()))
         self.process.start()
+        errors.close()  # the child holds the writing end
 
     def publish(self, params, step: int) -> None:
         first = self.process is None  # the sampler needs the starting parameters, whatever the step
@@ -204,9 +211,6 @@ class ProcessRollouts:
     def next_batch(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
         while True:
             made = self._get()
-            if isinstance(made, dict):  # {"error": traceback} from the sampler process
-                self.close()
-                raise SamplerDiedError(f"the sampler process failed:\n{made['error']}")
             self.position += 1
             staleness = step - made.version
             if staleness <= self.rollout.max_staleness:
@@ -216,12 +220,17 @@ class ProcessRollouts:
                                   "rollout/sync_s": self.sync_s})
         return self.host.receive(made, step)
 
-    def _get(self) -> MadeBatch | dict:
+    def _get(self) -> MadeBatch:
         while True:
             try:
                 return self.batches.get(timeout=_POLL_S)
             except queue.Empty:
-                if not self.process.is_alive():
+                alive = self.process.is_alive()
+                error = self._error()  # read after the liveness check: a dead sampler's traceback is there by now
+                if error is not None:
+                    self.close()
+                    raise SamplerDiedError(f"the sampler process failed:\n{error}") from None
+                if not alive:
                     code, pid = self.process.exitcode, self.process.pid
                     how = (f"was killed by signal {signal.Signals(-code).name}" if code is not None and code < 0
                            else f"exited with code {code}")
@@ -230,6 +239,13 @@ class ProcessRollouts:
                         f"the sampler process (pid {pid}) {how} without sending a batch. Check its "
                         "output above (out of memory? killed?); the learner stopped, its last checkpoint is intact, "
                         "and rerunning the same command resumes from it.") from None
+
+    def _error(self) -> str | None:
+        """The sampler's traceback if it sent one (a killed sampler closes the pipe without a message)."""
+        try:
+            return self.errors.recv() if self.errors.poll() else None
+        except EOFError:
+            return None
 
     def close(self) -> None:
         if self.process is None:
@@ -243,6 +259,7 @@ class ProcessRollouts:
         for q in (self.versions, self.batches):
             q.cancel_join_thread()
             q.close()
+        self.errors.close()
         self.shm.close()
         self.shm.unlink()
         self.process = None

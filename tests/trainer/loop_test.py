@@ -174,6 +174,19 @@ def test_truncate_drops_lines_after_the_checkpoint_and_a_cut_off_last_line(tmp_p
     assert path.read_text() == ""
 
 
+def test_truncate_killed_before_its_rename_leaves_the_file_whole(tmp_path, monkeypatch):
+    from dora_jax.trainer.loop import _truncate_jsonl
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n')
+
+    def killed(*args):
+        raise KeyboardInterrupt  # the process dies between writing the new lines and renaming them into place
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _truncate_jsonl(str(path), 1)
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'  # the old file, whole
+
+
 @pytest.mark.skipif(not CPU_UPDATE_OPTIONS_KNOWN, reason="this jaxlib does not know the CPU dot options")
 def test_cpu_update_turns_off_dot_library_fusions(tmp_path):
     """The update turns off XLA's YNNPACK dot fusions for itself only (step.CPU_UPDATE_OPTIONS)."""

@@ -168,7 +168,7 @@ def _unwrap_text(m: re.Match) -> str:
 
 
 def _repeating(m: re.Match) -> str:
-    """`1.2\overline{34}` -> the exact fraction: 1.2 + 0.0343434... = (1234 - 12) / 990."""
+    """`1.2\\overline{34}` -> the exact fraction: 1.2 + 0.0343434... = (1234 - 12) / 990."""
     whole, fixed, cycle = m.group(1) or "0", m.group(2), m.group(3)
     with_cycle, without = int(whole + fixed + cycle), int(whole + fixed)
     den = (10 ** len(cycle) - 1) * 10 ** len(fixed)
