@@ -57,7 +57,7 @@ from dora_jax import scoring
 from dora_jax import tasks
 from dora_jax.models import ModelConfig, checkpoint
 from dora_jax.models.decoder import CACHE_AXES
-from dora_jax.models.lm import boxed_shapes
+from dora_jax.models.lm import boxed_shapes, param_shapes
 from dora_jax import sharding
 from dora_jax.batch import RolloutBatch
 from dora_jax.rollout import sampler
@@ -151,8 +151,7 @@ def plan(config, mesh: Mapping[str, int] | None = None, prompt_len: int | None =
         raise ValueError(f"mesh {sizes}: a plan needs every axis size (-1 means 'all devices', which depends on the "
                          "machine); give them, e.g. --mesh=data=1,fsdp=8,tensor=1.")
     abstract_mesh = AbstractMesh(tuple(sizes.values()), tuple(sizes))
-    rules = tuple(tuple(r) for r in config.mesh.rules)
-    model_config = model_config_of(config)
+    model_config, rules, B, T, P_len = _shapes(config, prompt_len)
 
     boxed = boxed_shapes(model_config)
     tx = make_optimizer(config.optim, config.trainer.num_steps)
@@ -162,9 +161,6 @@ def plan(config, mesh: Mapping[str, int] | None = None, prompt_len: int | None =
     dora = _tree_bytes(state.params, abstract_mesh, rules)
     optimizer = _tree_bytes(state.opt_state, abstract_mesh, spread)
 
-    P_len = prompt_len or tasks.task_class(config.task.name).prompt_budget(tasks.parse_config(config.task))
-    T = P_len + config.rollout.max_new_tokens
-    B = config.rollout.prompts_per_step * config.objective.group_size
     M = config.optim.grad_accum
     if B % M:
         raise ValueError(f"rollout.prompts_per_step * objective.group_size = {B} rows do not split into "
@@ -264,7 +260,7 @@ def compile_update(config, mesh: jax.sharding.Mesh, prompt_len: int | None = Non
     model_config, rules, B, T, P_len = _shapes(config, prompt_len)
     tx, update = update_of(config, model_config)
     laid = UpdateLayout.of(model_config, tx, mesh, rules)
-    params = param_shapes_of(model_config)
+    params = param_shapes(model_config)
     state = _abstract(jax.eval_shape(lambda p: init_state(p, tx), params), laid.state)
     frozen = {name: _abstract(params, laid.params, _frozen_dtype(path, config))
               for name, path in (("ref", config.ref_dir), ("nora", config.nora_dir or config.ref_dir))}
@@ -279,7 +275,7 @@ def compile_sampler(config, mesh: jax.sharding.Mesh, prompt_len: int | None = No
     the policy laid out as the trainer holds it on `mesh`."""
     model_config, rules, B, T, P_len = _shapes(config, prompt_len)
     layout = sharding.Layout.of(mesh, rules)
-    policy = _abstract(param_shapes_of(model_config),
+    policy = _abstract(param_shapes(model_config),
                        sharding.tree_shardings(boxed_shapes(model_config), mesh, layout.rules))
     rows = sampler.row_sharding(layout, B)
     prompt = jax.ShapeDtypeStruct((B, P_len), jnp.int32, sharding=rows)
@@ -302,11 +298,8 @@ def compile_sampler(config, mesh: jax.sharding.Mesh, prompt_len: int | None = No
     return dataclasses.replace(_measure(compiled), kv_cache=kv_cache)
 
 
-def param_shapes_of(model_config: ModelConfig) -> Any:
-    return nn.unbox(boxed_shapes(model_config))
-
-
 def _shapes(config, prompt_len):
+    """(model config, rules, rows B, sequence length T, prompt length) of `config`, as the trainer sizes them."""
     model_config = model_config_of(config)
     rules = tuple(tuple(r) for r in config.mesh.rules)
     P_len = prompt_len or tasks.task_class(config.task.name).prompt_budget(tasks.parse_config(config.task))
