@@ -29,6 +29,7 @@ setuptools.setup(
         "pillow>=9.1,<14",  # figures read back as images for TensorBoard
         "absl-py>=2.1,<3",
         "sympy>=1.12,<2",
+        "gguf>=0.17,<0.20",  # GGUF model files (llama.cpp's format): launch/convert.py, packaged models
     ],
     extras_require={
         "test": [
@@ -36,6 +37,7 @@ setuptools.setup(
             "chex>=0.1.89,<0.2",
             # CPU build only: an unpinned torch pulls several GB of CUDA packages.
             "torch==2.13.0",
+            "accelerate>=1.0,<2",  # transformers' own GGUF loader, the reference of the GGUF parity test
         ],
     },
 )

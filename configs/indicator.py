@@ -7,6 +7,8 @@ are built first and cached under config.cache_dir. The run writes metrics, sampl
 report.md (the paper's Tables 1-2 analogues) and figures/ to the workdir.
 Variants: `:smoke` (seconds, for tests), `:beta_sweep` (beta in 0.01, 0.1, 1 with overlays),
 `:handover` (paper §5.2: responses alternate between Dora and Nora every 2 tokens; Dora learns on hers),
+`:smollm` (a real pretrained model on a CPU: SmolLM2-135M-Instruct from its package, Nora built by GRPO,
+about 50 minutes on 2 cores from nothing; docs/real_model.md),
 `:math` (real math, the paper's setting: delta 2, beta 1, group size 8; local files and models):
 
     python launch/train.py --config=configs/indicator.py:math --config.ref_dir=R1_DISTILL_1P5B_DIR \
@@ -41,6 +43,10 @@ def get_config(arg=None):
     c.trainer.stop_kl = 0.3
     if "beta_sweep" in common.variants(arg):
         c.sweep = "objective.beta=0.01,0.1,1"
+    if "smollm" in common.variants(arg):  # SmolLM2-135M on word problems (docs/real_model.md)
+        c.optim.lr = 1e-5
+        c.trainer.num_steps = 15
+        c.eval.noise_check = True  # Ref drawn twice: the report shows how far two evaluations of one model differ
     if "handover" in common.variants(arg):
         # Paper §5.2: Dora and Nora alternate every 2 tokens within each response; Dora's loss
         # covers her own windows only (Countdown answers are 5-9 tokens).

@@ -5,6 +5,7 @@
 GRPO raises pass@1 and collapses each problem's strategy distribution (pass@8 falls on
 problems only rare strategies solve). `configs/indicator.py` builds and caches it when missing.
 
+`:smollm` trains Nora from the packaged SmolLM2-135M-Instruct on generated word problems (a CPU, minutes).
 `:math` trains Nora from a local reasoning model on DeepScaleR-format data (docs/design.md §7):
 
     python launch/train.py --config=configs/nora_grpo.py:math --config.ref_dir=R1_DISTILL_1P5B_DIR \
@@ -30,6 +31,9 @@ def get_config(arg=None):
     # Trainer
     c.trainer.num_steps = 150
     c.trainer.checkpoint_every = 50
+    if "smollm" in common.variants(arg):  # SmolLM2-135M on word problems (docs/real_model.md)
+        c.optim.lr = 2e-5
+        c.trainer.num_steps = 30
     c = common.finish(c, arg)
     if "math" in common.variants(arg):
         c.objective.beta_kl = 0.001  # DeepScaleR's k3 KL weight: keeps long-horizon GRPO near the reference

@@ -16,7 +16,7 @@ import numpy as np
 
 
 class RolloutBatch(NamedTuple):
-    tokens_BxT: Any  # int32: prompt + response tokens (prompts left-padded, responses right-padded)
+    tokens_BxT: Any  # int32: prompt + response tokens (prompts left-padded; responses right-padded in the last rollout.max_new_tokens columns)
     mask_BxT: Any  # int32: 1 on real tokens (the attention mask)
     response_mask_BxT: Any  # float32: 1 on the tokens the policy is trained on (its response; its windows under handover)
     logp_old_BxT: Any  # float32: the behaviour policy's log-probs recorded by the sampler (0 off the response)

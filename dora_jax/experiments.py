@@ -18,7 +18,7 @@ from typing import Any
 from dora_jax import cache, distributed, pipeline, tasks
 from dora_jax.eval import plots, report
 from dora_jax.eval.evaluate import Evaluator, summarize
-from dora_jax.models import checkpoint
+from dora_jax.models import checkpoint, gguf_io
 from dora_jax.sections import ConfigError
 
 
@@ -95,7 +95,10 @@ def evaluate_policies(config, policy_dirs: dict[str, str], out_dir: str) -> dict
     if not policy_dirs:
         raise ValueError("no policy to evaluate: pass --policy=NAME=DIR (a workdir's policy/ or a Hugging Face "
                          "dir), once per policy.")
-    pipeline.check_config(config)
+    pipeline.check_config(config, evaluation_only=True)
+    pipeline.resolve_model_sources(config)
+    policy_dirs = {name: gguf_io.model_dir(path, config.cache_dir) if gguf_io.is_source(path) else path
+                   for name, path in policy_dirs.items()}
     task = tasks.make_task(pipeline.with_tokenizer_dir(config.task, config.ref_dir or next(iter(policy_dirs.values()))))
     loaded = {name: checkpoint.load_policy(path, config.model) for name, path in policy_dirs.items()}
     model_config = next(iter(loaded.values())).config

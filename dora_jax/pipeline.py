@@ -30,7 +30,7 @@ from dora_jax import cache, distributed, objectives, sections, tasks
 from dora_jax.cache import POLICY_DIR
 from dora_jax.eval import plots, report
 from dora_jax.eval.evaluate import EvalConfig, Evaluator, summarize
-from dora_jax.models import ModelConfig, checkpoint, hf
+from dora_jax.models import ModelConfig, checkpoint, gguf_io, hf
 from dora_jax.rollout.process import ProcessRollouts
 from dora_jax.rollout.sft import DistillConfig, SFTBatches, SFTConfig, distill_corpus
 from dora_jax.rollout.source import InlineRollouts, RolloutConfig
@@ -74,9 +74,9 @@ SECTIONS = {"optim": OptimConfig, "mesh": MeshConfig, "rollout": RolloutConfig, 
             "trainer": TrainerConfig, "diversity": diversity.DiversityConfig}
 
 
-def check_config(config) -> None:
+def check_config(config, evaluation_only: bool = False) -> None:
     """Raises a ConfigError naming the field and the fix for anything in `config` (or the configs it builds
-    from) that cannot work, before any work starts."""
+    from) that cannot work, before any work starts (`evaluation_only`: a training file need not exist)."""
     if config.sweep:
         raise sections.ConfigError(f"config.sweep={config.sweep!r} is set: a sweep is many runs; run it with "
                                    "dora_jax.experiments.train (what launch/train.py calls).")
@@ -101,18 +101,21 @@ def check_config(config) -> None:
             _require_section(c, "sft", SFTConfig, "common.sft(c) in the config file adds it")
         if c.teacher_dir or "teacher" in c.build:
             _require_section(c, "distill", DistillConfig, "configs/distill.py shows how to add it")
-        _check_paths(c)
+        _check_paths(c, ("eval_data",) if evaluation_only else ("train_data", "eval_data"))
 
 
-def _check_paths(config) -> None:
+def _check_paths(config, data_fields: tuple[str, ...]) -> None:
     """Model dirs exist and hold a supported model (only their config files are read); a file-based task's data
     files and tokenizer dir exist."""
     model_config = None
-    for field in ("ref_dir", "nora_dir", "teacher_dir"):
+    for field in MODEL_FIELDS:
         path = os.path.expanduser(config.get(field) or "")
         if not path:
             continue
         try:
+            if gguf_io.is_source(path):  # converted when the run starts; only the file is looked for now
+                gguf_io.gguf_file(path)
+                continue
             read = checkpoint.read_config(path) if checkpoint.is_checkpoint(path) else hf.read_config(path)
         except (OSError, ValueError) as e:  # FileNotFoundError, UnsupportedModelError, bad JSON ...
             raise sections.ConfigError(f"config.{field}={config[field]!r}: {_one_line(e)}") from None
@@ -124,14 +127,15 @@ def _check_paths(config) -> None:
             raise sections.ConfigError(str(e)) from None
     task = config.task
     if task.name == "math" and task.source == "files":
-        for field in ("train_data", "eval_data"):
+        for field in data_fields:
             for path in filter(None, (p.strip() for p in task[field].split(","))):
                 if not os.path.exists(os.path.expanduser(path)):
                     raise sections.ConfigError(
                         f"config.task.{field}={task[field]!r}: {path} does not exist. Point it at a local .json, "
                         ".jsonl or .parquet file (nothing is downloaded).")
+    if "tokenizer_dir" in task:
         tokenizer_dir = os.path.expanduser(task.tokenizer_dir or config.ref_dir or "")
-        if tokenizer_dir and not os.path.isdir(tokenizer_dir):
+        if tokenizer_dir and not gguf_io.is_source(tokenizer_dir) and not os.path.isdir(tokenizer_dir):
             raise sections.ConfigError(f"config.task.tokenizer_dir: {tokenizer_dir} does not exist. Set it (or "
                                        "config.ref_dir) to a local Hugging Face model dir with tokenizer files.")
 
@@ -147,6 +151,7 @@ def build_missing_policies(config) -> tuple[Any, dict[str, float]]:
     # Ref, Nora and the teacher must see the same problems, or the SFT / RL / held-out splits would overlap.
     for built in cache.with_builds(config)[1:]:
         built.task = copy.deepcopy(config.task)
+    resolve_model_sources(config)
     timing: dict[str, float] = {}
     for role in cache.ROLES:
         if not config[f"{role}_dir"] and role in config.build:
@@ -154,6 +159,19 @@ def build_missing_policies(config) -> tuple[Any, dict[str, float]]:
             config[f"{role}_dir"], built = build_policy(config.build[role], config.cache_dir)
             timing[f"build {role}" if built else f"{role} (cached)"] = time.perf_counter() - start
     return config, timing
+
+
+MODEL_FIELDS = ("ref_dir", "nora_dir", "teacher_dir")
+
+
+def resolve_model_sources(config) -> None:
+    """Replaces a GGUF file or packaged model (`packaged:smollm2`) in config.ref_dir / nora_dir / teacher_dir /
+    task.tokenizer_dir by its Hugging Face directory, converted once into config.cache_dir."""
+    for field in MODEL_FIELDS:
+        if gguf_io.is_source(config[field]):
+            config[field] = gguf_io.model_dir(config[field], config.cache_dir)
+    if gguf_io.is_source(config.task.get("tokenizer_dir", "")):
+        config.task.tokenizer_dir = gguf_io.model_dir(config.task.tokenizer_dir, config.cache_dir)
 
 
 def build_policy(build_config, cache_dir: str) -> tuple[str, bool]:
@@ -271,7 +289,11 @@ def evaluate_run(config, trainer: Trainer, evaluator: Evaluator, teacher, record
         label = _teacher_label(config)
         dirs[label], policies[label] = config.teacher_dir, teacher
     policies[config.name] = trainer.state.params
-    summary = summarize(evaluator.final(policies), evaluator.task, evaluator.rare_only)
+    results = evaluator.final(policies)
+    summary = summarize(results, evaluator.task, evaluator.rare_only)
+    if evaluator.options.noise_check and "ref" in results:
+        summary["noise"] = evaluator.noise(policies["ref"], results["ref"])
+    summary["time_split"] = report.time_split(records)
     timing["final evaluation"] = time.perf_counter() - start
     critic = {name: _built_critic_score(path) for name, path in dirs.items()}
     critic[config.name] = report.critic_score(records) if config.objective.loss != "sft" else None

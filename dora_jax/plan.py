@@ -181,20 +181,22 @@ def plan(config, mesh: Mapping[str, int] | None = None, prompt_len: int | None =
         micro_shards=B // M // _shard_shape(abstract_mesh, rules, ("batch",), (B // M,))[0], prompt_len=P_len,
         seq_len=T, process_mode=process_mode,
         ref_params=_tree_bytes(boxed, abstract_mesh, rules, _frozen_dtype(config.ref_dir, config)),
-        nora_params=_tree_bytes(boxed, abstract_mesh, rules,
-                                _frozen_dtype(config.nora_dir or config.ref_dir, config)),
+        # Without a nora_dir the trainer holds Ref's arrays as Nora: the same buffers, counted once.
+        nora_params=_tree_bytes(boxed, abstract_mesh, rules, _frozen_dtype(config.nora_dir, config))
+        if config.nora_dir else 0,
         dora_params=dora, optimizer=optimizer, gradients=2 * _tree_bytes(state.params, abstract_mesh, spread),
         kv_cache=kv_cache,
         sampler_params=compute_copy + (_tree_bytes(boxed, kv_mesh, rules) if process_mode else 0),
         activations=sum(activation_bytes(model_config, boxed, abstract_mesh, rules, B // M, T,
-                                         scored_trees(config.objective)).values()))
+                                         scored_trees(config.objective), config.rollout.max_new_tokens).values()))
 
 
 def activation_bytes(model_config: ModelConfig, boxed: Any, mesh: AbstractMesh, rules: sharding.Rules, rows: int,
-                     seq_len: int, scored: Sequence[str]) -> dict[str, int]:
+                     seq_len: int, scored: Sequence[str], response_len: int | None = None) -> dict[str, int]:
     """The update step's activation estimate per device, by part (see the module docstring).
 
-    `rows` is the micro-batch, `scored` the trees the update scores ("policy" first).
+    `rows` is the micro-batch, `scored` the trees the update scores ("policy" first); the head runs on the
+    last `response_len` positions (all when None).
     """
     c = model_config
     b, T = rows, seq_len
@@ -221,7 +223,8 @@ def activation_bytes(model_config: ModelConfig, boxed: Any, mesh: AbstractMesh, 
     # The head runs vocabulary-parallel (sharding.vocab_parallel): a scoring chunk's rows whole, the
     # vocabulary split over every device; logits and log-softmax of the trees scored together, and cotangents.
     vocab = sharding.Layout.of(mesh, rules)._replace(vocab_rows=True)
-    logits = 5 * act(("batch", None, "vocab"), (rows, scoring.default_chunk(T), c.vocab_size), "float32", vocab)
+    head_T = T if response_len is None else min(T, response_len + 1)
+    logits = 5 * act(("batch", None, "vocab"), (rows, scoring.default_chunk(head_T), c.vocab_size), "float32", vocab)
     return {
         "residuals": residuals,
         "layer": layer,
@@ -267,7 +270,12 @@ def compile_update(config, mesh: jax.sharding.Mesh, prompt_len: int | None = Non
     dtypes = {"tokens_BxT": jnp.int32, "mask_BxT": jnp.int32, "clusters_B": jnp.int32}
     batch = RolloutBatch(*(jax.ShapeDtypeStruct((B, T) if k.endswith("BxT") else (B,), dtypes.get(k, jnp.float32),
                                                 sharding=s) for k, s in zip(RolloutBatch._fields, laid.batch)))
-    return _measure(laid.jit(update, tuple(frozen)).lower(state, frozen, batch).compile())
+    measured = _measure(laid.jit(update, tuple(frozen)).lower(state, frozen, batch).compile())
+    if config.nora_dir:
+        return measured
+    # Without a nora_dir the trainer passes Ref's arrays as Nora too: one set of buffers, held once.
+    shared = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(frozen["nora"]))
+    return dataclasses.replace(measured, argument=measured.argument - shared)
 
 
 def compile_sampler(config, mesh: jax.sharding.Mesh, prompt_len: int | None = None) -> Compiled:
@@ -335,7 +343,7 @@ def format_plan(figures: MemoryPlan, device_bytes: int | None = None) -> str:
     pdt, cdt = jnp.dtype(c.param_dtype).name, jnp.dtype(c.dtype).name
     rows = [
         ("ref params", figures.ref_params, f"{figures.num_params:,} params"),
-        ("Nora params", figures.nora_params, "frozen"),
+        ("Nora params", figures.nora_params, "frozen" if figures.nora_params else "Ref's arrays (no nora_dir)"),
         ("Dora params", figures.dora_params, f"{pdt} master copy"),
         ("optimizer state", figures.optimizer, "Adam mu + nu"),
         ("gradients", figures.gradients, f"{1 if figures.grad_accum == 1 else 2} x params  [update]"),

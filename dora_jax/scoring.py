@@ -36,13 +36,17 @@ def default_chunk(T: int) -> int:
 
 def token_logprobs(config: ModelConfig, params_by_tree: Mapping[str, Params], tokens_BxT: jax.Array,
                    mask_BxT: jax.Array, *, temperature: float = 1.0, kl: tuple[str, str] | None = ("policy", "nora"),
-                   entropy_of: tuple[str, ...] = ("policy",), chunk: int | None = None) -> dict[str, jax.Array]:
+                   entropy_of: tuple[str, ...] = ("policy",), chunk: int | None = None,
+                   score_from: int = 1) -> dict[str, jax.Array]:
     """Scores `tokens_BxT` (prompt + response, padding marked 0 in `mask_BxT`) under each tree.
 
     `temperature` divides the logits first, as the sampler does, so scores equal the
     sampler's recorded log-probs. `kl=(p, q)` adds "kl/p_q" when both trees are given.
+    `score_from`: the first column scored (the response's, in a rollout batch); earlier columns
+    are 0 and no logits are formed for them (a long prompt costs no [B, P, V] head).
     """
     B, T = tokens_BxT.shape
+    start = min(max(score_from, 1), T - 1) - 1  # hidden state `start` predicts column score_from
     positions = positions_from_mask(mask_BxT)
     hidden = {name: apply(config, p, tokens_BxT, positions, mask_BxT, return_hidden=True)[0]
               for name, p in params_by_tree.items()}
@@ -50,11 +54,11 @@ def token_logprobs(config: ModelConfig, params_by_tree: Mapping[str, Params], to
     kl = kl if kl is not None and all(k in params_by_tree for k in kl) else None
     entropy_of = tuple(n for n in entropy_of if n in params_by_tree)
 
-    C = chunk or default_chunk(T)
-    n_chunks = -(-(T - 1) // C)
+    C = chunk or default_chunk(T - start)
+    n_chunks = -(-(T - 1 - start) // C)
     # Position t's hidden state predicts token t + 1.
-    targets_NxBxC = _chunks(tokens_BxT[:, 1:], C, n_chunks)
-    hidden_NxBxCxD = {name: _chunks(h[:, :-1], C, n_chunks) for name, h in hidden.items()}
+    targets_NxBxC = _chunks(tokens_BxT[:, start + 1:], C, n_chunks)
+    hidden_NxBxCxD = {name: _chunks(h[:, start:-1], C, n_chunks) for name, h in hidden.items()}
 
     @functools.partial(jax.checkpoint, prevent_cse=False)
     def chunk_stats(h_by_tree, tgt_BxC):
@@ -77,7 +81,7 @@ def token_logprobs(config: ModelConfig, params_by_tree: Mapping[str, Params], to
         return out
 
     stats_NxBxC = jax.lax.map(lambda xs: chunk_stats(*xs), (hidden_NxBxCxD, targets_NxBxC))
-    return {k: jnp.pad(v.transpose(1, 0, 2).reshape(B, n_chunks * C)[:, : T - 1], ((0, 0), (1, 0)))
+    return {k: jnp.pad(v.transpose(1, 0, 2).reshape(B, n_chunks * C)[:, : T - 1 - start], ((0, 0), (1 + start, 0)))
             for k, v in stats_NxBxC.items()}
 
 
@@ -89,10 +93,10 @@ def _chunks(x_BxTx: jax.Array, C: int, n_chunks: int) -> jax.Array:
     return jnp.moveaxis(x, 1, 0)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "temperature", "kl", "entropy_of", "chunk"))
+@functools.partial(jax.jit, static_argnames=("config", "temperature", "kl", "entropy_of", "chunk", "score_from"))
 def score(config: ModelConfig, params_by_tree: Mapping[str, Params], tokens_BxT, mask_BxT, *, temperature: float = 1.0,
           kl: tuple[str, str] | None = ("policy", "nora"), entropy_of: tuple[str, ...] = ("policy",),
-          chunk: int | None = None) -> dict[str, jax.Array]:
+          chunk: int | None = None, score_from: int = 1) -> dict[str, jax.Array]:
     """Jitted `token_logprobs`: one XLA call for all trees."""
     return token_logprobs(config, params_by_tree, tokens_BxT, mask_BxT, temperature=temperature, kl=kl,
-                          entropy_of=entropy_of, chunk=chunk)
+                          entropy_of=entropy_of, chunk=chunk, score_from=score_from)

@@ -22,11 +22,14 @@ from dora_jax.eval import report
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config giving the task and sampling settings.")
 _POLICY = flags.DEFINE_multi_string("policy", None, "NAME=DIR, repeatable.")
 _OUT = flags.DEFINE_string("out", "runs/eval", "Output directory.")
-flags.mark_flags_as_required(["config", "policy"])
+flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
     del argv
+    if not _POLICY.value:
+        raise app.UsageError("no policy to evaluate: pass --policy=NAME=DIR (a workdir's policy/, a Hugging Face "
+                             "dir, a .gguf file or packaged:smollm2), once per policy.")
     policies = {}
     for spec in _POLICY.value:
         name, sep, path = spec.partition("=")

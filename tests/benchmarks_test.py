@@ -31,6 +31,17 @@ def test_matmul_params_are_the_tree_less_embedding_lookup_biases_and_norms(size)
         assert total == pytest.approx({"0.5b": 494e6, "1.5b": 1544e6}[size], rel=0.01)
 
 
+def test_update_flops_count_the_head_on_response_tokens_only():
+    c = accelerator.model_config("0.5b", "float32")
+    per_token = 2 * c.matmul_params() + 4 * c.num_layers * c.num_heads * c.head_dim * 64
+    # Every position scored (no prompt): 3 forwards of the policy (forward and backward) + ref + Nora.
+    assert accelerator.update_flops(c, 4, 0, 64) == pytest.approx(5 * per_token * 4 * 64)
+    # A 48-token prompt costs the decoder but not the [V, D] head (151936 x 896 at 0.5B).
+    saved = 5 * 4 * 48 * 2 * c.vocab_size * c.hidden_size
+    with_prompt = accelerator.update_flops(c, 4, 48, 16)
+    assert with_prompt == pytest.approx(5 * per_token * 4 * 64 - saved)
+
+
 def test_decode_bound_counts_weights_and_the_growing_cache():
     c = accelerator.model_config("tiny", "bfloat16")
     per_step_kv = 2 * c.num_layers * 4 * c.num_kv_heads * c.head_dim * 2  # k and v, bf16, batch 4, per position
@@ -50,7 +61,7 @@ def test_tiny_cpu_run_prints_and_writes_every_figure(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     (r,) = json.loads(out.read_text())
     assert (r["update_batch"], r["update_length"], r["decode_batch"]) == (4, 16, 2)
-    flops = 5 * accelerator.forward_flops_per_token(accelerator.model_config("tiny", "float32"), 16) * 4 * 16
+    flops = accelerator.update_flops(accelerator.model_config("tiny", "float32"), 4, 8, 8)
     assert r["update_mfu"] == pytest.approx(flops / r["update_seconds"] / 1e12)
     assert 0 < r["decode_roofline_fraction"] and r["decode_tok_s"] > 0
     assert "MFU" in result.stdout and "HBM roofline" in result.stdout

@@ -21,3 +21,11 @@ def test_a_bad_config_ends_in_one_line(override, message, tmp_path):
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert not workdir.exists()
+
+
+def test_eval_without_a_policy_says_how_to_name_one():
+    result = subprocess.run([sys.executable, "launch/eval.py", "--config=configs/indicator.py:smoke"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode != 0
+    assert "no policy to evaluate: pass --policy=NAME=DIR" in result.stderr
+    assert "StopIteration" not in result.stderr and "non-None default" not in result.stderr

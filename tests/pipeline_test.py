@@ -129,7 +129,7 @@ def test_math_grpo_then_dora_then_eval_on_files(tmp_path):
     out = tmp_path / "eval"
     result = subprocess.run(
         [sys.executable, "launch/eval.py", "--config=configs/indicator.py:math,smoke", f"--out={out}",
-         f"--config.task.eval_data={world['eval']}", f"--config.task.train_data={world['train']}",
+         f"--config.task.eval_data={world['eval']}",  # no training file: an evaluation never reads it
          f"--policy=ref={world['model']}", f"--policy=dora={tmp_path / 'dora' / 'policy'}"],
         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -205,3 +205,20 @@ def test_compare_writes_one_table_and_plot(shared, tmp_path):
         assert row in table
     assert re.search(r"\| indicator \| 0\.\d{3} \| 0\.\d{3} \|", table)  # measured pass@1 and pass@8
     assert (out / "figures" / "compare_pass_at_k.png").exists()
+
+
+def test_smollm_grpo_then_dora_on_the_packaged_model(tmp_path):
+    """The real pretrained model end to end: SmolLM2-135M-Instruct from its package's GGUF, one GRPO update
+    (Nora), one Dora update, evaluation of Ref / Nora / Dora on generated word problems."""
+    c = _smoke(indicator, tmp_path, "smollm,smoke")
+    summary = pipeline.run(c, str(tmp_path / "dora"))
+    assert set(summary["policies"]) == {"ref", "nora", "dora"} and summary["num_problems"] == 2
+    converted = os.listdir(tmp_path / "cache" / "models")
+    assert len(converted) == 1 and converted[0].startswith("SmolLM2-135M-Instruct")
+    record = _lines(tmp_path / "dora" / "metrics.jsonl", skip_perf=False)[-1]
+    assert record["step"] == 1 and np.isfinite(record["kl/policy_nora_token"])
+    assert record["perf/sample_s"] > 0 and record["perf/update_s"] > 0 and record["perf/update_tokens_per_s"] > 0
+    sample = _lines(tmp_path / "dora" / "samples.jsonl")[0]
+    assert sample["prompt"].startswith("<|im_start|>system\nSolve the problem")  # the model's own chat template
+    assert "Ann has 3 + 4 = 7 pens" in sample["prompt"]  # the worked example turn
+    assert "Ref" in (tmp_path / "dora" / "report.md").read_text()

@@ -53,7 +53,7 @@ def hand_param_count(a: dict) -> int:
 
 def qwen_config(ref_dir: str, **rollout):
     c = common.get_config()
-    c.ref_dir = ref_dir
+    c.ref_dir = c.nora_dir = ref_dir  # a Dora run: Nora is a tree of her own
     c.model.update(param_dtype="float32", dtype="bfloat16", remat=True)
     c.objective.group_size = GROUP
     c.rollout.update(prompts_per_step=PROMPTS, max_new_tokens=NEW_TOKENS, **rollout)
@@ -90,6 +90,12 @@ def test_figures_match_hand_calculation(name, tmp_path):
     hand_total = 3 * per_tree + adam + max(kv_cache + compute_copy, 2 * per_tree + figures.activations)
     assert figures.total == pytest.approx(hand_total, rel=0.1)
     plan.check(figures, 80 * GiB)  # fits an 80 GB device
+
+    grpo = qwen_config(str(tmp_path / name))
+    grpo.nora_dir = ""  # GRPO from Ref: Nora is Ref's arrays, held once
+    shared = plan.plan(grpo, MESH, prompt_len=PROMPT_LEN)
+    assert shared.nora_params == 0 and shared.total == pytest.approx(figures.total - figures.nora_params, rel=1e-6)
+    assert "Ref's arrays (no nora_dir)" in plan.format_plan(shared)
 
     table = plan.format_plan(figures, 80 * GiB)
     for item in ("ref params", "Nora params", "Dora params", "optimizer state", "sampler KV cache",

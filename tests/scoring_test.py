@@ -59,3 +59,21 @@ def test_gradient_through_chunked_scoring_matches_unchunked():
 def _reference_sum(p, tokens, mask):
     lsm = jax.nn.log_softmax(models.forward(CFG, p, tokens, mask), axis=-1)
     return jnp.take_along_axis(lsm[:, :-1], tokens[:, 1:, None], axis=-1).sum()
+
+
+def test_scoring_from_a_column_equals_the_full_scores_there():
+    trees, tokens, mask = _setup(T=11)
+    full = scoring.score(CFG, trees, tokens, mask, temperature=0.7)
+    for score_from, chunk in ((6, None), (6, 2), (10, None), (1, 3)):
+        part = scoring.score(CFG, trees, tokens, mask, temperature=0.7, chunk=chunk, score_from=score_from)
+        for key, value in full.items():
+            np.testing.assert_allclose(np.asarray(part[key])[:, score_from:], np.asarray(value)[:, score_from:],
+                                       atol=1e-5, err_msg=key)
+            assert not np.asarray(part[key])[:, :score_from].any(), key
+
+    def loss(p, score_from):
+        out = scoring.token_logprobs(CFG, {"policy": p}, tokens, mask, kl=None, score_from=score_from)["policy"]
+        return out[:, 7:].sum()
+
+    for a, b in zip(jax.tree.leaves(jax.grad(loss)(trees["policy"], 1)), jax.tree.leaves(jax.grad(loss)(trees["policy"], 7))):
+        np.testing.assert_allclose(a, b, atol=1e-5)

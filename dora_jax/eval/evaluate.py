@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import zlib
 
 import numpy as np
@@ -35,12 +36,15 @@ class EvalConfig:
     quick_problems: int = 128  # held-out problems in a quick evaluation (4 samples each at the rollout temperature)
     samples: int = 16  # samples per held-out problem in the final evaluation (pass@k for k <= samples)
     max_problems: int = 0  # cap on held-out problems in the final evaluation (0 = all)
+    batch_rows: int = 0  # rows per sampler call (0 = the training batch's, reusing its compiled program)
+    noise_check: bool = False  # evaluate Ref a second time with other keys: the gap of two draws of one model
 
     def __post_init__(self):
         require(self.every >= 0, "every", self.every, "use 0 (only at the end) or a number of updates.")
         require(self.quick_problems >= 1, "quick_problems", self.quick_problems, "evaluate at least one problem.")
         require(self.samples >= 1, "samples", self.samples, "draw at least one sample per problem.")
         require(self.max_problems >= 0, "max_problems", self.max_problems, "use 0 (all) or a positive cap.")
+        require(self.batch_rows >= 0, "batch_rows", self.batch_rows, "use 0 (the training batch's) or a row count.")
 
 
 class Evaluator:
@@ -48,8 +52,8 @@ class Evaluator:
         self.task, self.model_config, self.config = task, model_config, config
         self.options = parse(EvalConfig, config.eval, "eval")
         self.rollout = parse(RolloutConfig, config.rollout, "rollout")
-        # Every sampler call has the training batch's row count, so evaluation reuses its compiled program.
-        self.rows = self.rollout.prompts_per_step * config.objective.group_size
+        # By default every sampler call has the training batch's row count, so evaluation reuses its compiled program.
+        self.rows = self.options.batch_rows or self.rollout.prompts_per_step * config.objective.group_size
         problems = task.splits["eval"]
         if self.options.max_problems:
             problems = problems[: self.options.max_problems]
@@ -71,8 +75,9 @@ class Evaluator:
         tokens, masks, lengths = [], [], []
         for i in tqdm.trange(chunks, desc=desc, disable=desc is None or not c.trainer.progress, leave=False):
             sl = slice(i * rows, (i + 1) * rows)
+            # Runs of gcd(n, rows) rows share a prompt in every chunk: each is prefilled once.
             out = sample(self.model_config, (params,), prompt_BxP[sl], mask_BxP[sl], row_keys(seed, i, rows),
-                         **sampling_options(self.rollout, self.task))
+                         group=math.gcd(n, rows), **sampling_options(self.rollout, self.task))
             tokens.append(np.asarray(out.tokens_BxN))
             masks.append(np.asarray(out.mask_BxN))
             lengths.append(np.asarray(out.lengths_B))
@@ -90,6 +95,15 @@ class Evaluator:
         r = self.sample(params, problems, QUICK_SAMPLES, seed=self.config.seed + 10_000)
         return {"eval/accuracy": float(r["correct"].mean()), "eval/valid_frac": float(r["valid"].mean()),
                 "eval/strategy_entropy": passk.strategy_entropy(r["strategy"])}
+
+    def noise(self, params, first: dict[str, np.ndarray], name: str = "ref") -> dict:
+        """pass@1 and pass@n of policy `name` in the final evaluation's draw (`first`) and in a second one with other
+        keys: how far two evaluations of the same model fall apart."""
+        n = self.options.samples
+        again = self.sample(params, self.problems, n, seed=self.config.seed + 30_000,
+                            desc=f"eval {name} again ({len(self.problems)} problems x {n})")
+        return {"policy": name, "pass@1": [float(d["correct"].mean()) for d in (first, again)],
+                f"pass@{n}": [float(d["correct"].any(axis=1).mean()) for d in (first, again)]}
 
     def final(self, params_by_policy: dict) -> dict[str, dict[str, np.ndarray]]:
         n = self.options.samples

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+import jax
+import numpy as np
+
 from dora_jax import objectives
 
 # Display order and labels of policies and mixtures in the tables.
@@ -71,6 +74,18 @@ def _dora_hyperparameters(objective_section) -> list[tuple[str, object]]:
     return [(k, getattr(hp, k)) for k in ("beta", "delta") if k in objectives.get_loss(hp.loss).reads]
 
 
+TIME_SPLIT = ("sample_s", "sample_tokens_per_s", "reward_s", "update_s", "update_tokens_per_s")
+
+
+def time_split(records: list[dict]) -> dict[str, float] | None:
+    """Median seconds per update of sampling, rewards and the update, with their tokens/s (metrics.jsonl's perf/*;
+    the median leaves out the first update's compilation). None for a run without them (SFT)."""
+    values = {k: [r[f"perf/{k}"] for r in records if f"perf/{k}" in r] for k in TIME_SPLIT}
+    if not all(values.values()):
+        return None
+    return {k: float(np.median(v)) for k, v in values.items()}
+
+
 def write_report(workdir: str, config, summary: dict) -> str:
     """Writes workdir/report.md (from eval.json's summary) and returns its text."""
     p, critic, timing = summary["policies"], summary["critic_score"], summary["timing"]
@@ -88,6 +103,17 @@ def write_report(workdir: str, config, summary: dict) -> str:
     cols = [c for c in _TABLE2 + extra if _lookup(summary, c, k8) is not None]
     lines += ["", f"## Table 2: pass@{k8}", "", "| " + " | ".join(_label(c) for c in cols) + " |",
               "|" + "---|" * len(cols), "| " + " | ".join(f"{_lookup(summary, c, k8):.3f}" for c in cols) + " |"]
+    if config.model.dtype == "bfloat16" and jax.devices()[0].platform == "cpu":
+        lines += ["", "Warning: computed in bfloat16 on a CPU. Any change of the weights, however small, re-rounds a few "
+                      "percent of them in bfloat16 and moves logits by as much as bfloat16 itself does (up to 1.3 on "
+                      "SmolLM2-135M), so nearly identical policies sample different text; compare policies in "
+                      "float32 (--config.model.dtype=float32; docs/real_model.md)."]
+    if summary.get("noise"):
+        noise = summary["noise"]
+        (k, draws), = [(key, v) for key, v in noise.items() if key.startswith("pass@") and key != "pass@1"]
+        lines += ["", f"Sampling noise: {_label(noise['policy'])} evaluated twice with different keys gives pass@1 "
+                      f"{noise['pass@1'][0]:.3f} and {noise['pass@1'][1]:.3f}, {k} {draws[0]:.3f} and {draws[1]:.3f}; "
+                      "differences between policies of this size are not evidence."]
     if summary.get("labelled_strategies", True):
         lines += _diversity_table(p, k8)
     lines += ["", "## pass@k", "", *passk_table(summary)]
@@ -97,6 +123,12 @@ def write_report(workdir: str, config, summary: dict) -> str:
         lines += [f"| {claim} | {'yes' if ok else 'no'} | {measured} |" for claim, ok, measured in found]
     lines += ["", "## Wall time", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in timing.items()]
+    split = summary.get("time_split")
+    if split:
+        lines += ["", "Per update (median over updates): "
+                  f"sampling {split['sample_s']:.1f} s ({split['sample_tokens_per_s']:.0f} new tok/s), "
+                  f"rewards {split['reward_s']:.2f} s, update {split['update_s']:.1f} s "
+                  f"({split['update_tokens_per_s']:.0f} tok/s: scoring under every tree, backward and AdamW)."]
     lines += ["", "Figures: " + ", ".join(f"`figures/{f}`" for f in sorted(os.listdir(os.path.join(workdir, "figures")))
                                           if f.endswith(".png")) if os.path.isdir(os.path.join(workdir, "figures"))
               else "", ""]

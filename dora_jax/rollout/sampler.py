@@ -91,7 +91,7 @@ def filter_logits(logits_BxV: jax.Array, top_k: int = 0, top_p: float = 1.0) -> 
 def sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
            rngs_B: jax.Array, *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
            stop_ids: tuple[int, ...] = (), pad_id: int = 0, handover_window: int = 0,
-           rules: sharding.Rules = sharding.DEFAULT_RULES) -> Rollout:
+           rules: sharding.Rules = sharding.DEFAULT_RULES, group: int = 1) -> Rollout:
     """Samples up to `max_new_tokens` per left-padded prompt from one policy, or two in handover.
 
     `rngs_B` holds one typed key per row. Recorded log-probs are those of the token under
@@ -102,6 +102,9 @@ def sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP: jax.Ar
     Handover (paper §5.2): with two policies and `handover_window` = w > 0, step t is drawn
     from policy (t // w) % 2, policy 0 first. Both policies keep their own KV cache over the
     whole context, so both log-probs of every token are recorded.
+
+    `group` = g > 1 says rows come in runs of g with the same prompt (a GRPO group, or a problem's
+    samples): each prompt is prefilled once and its caches repeated for the run's rows.
 
     Parameters placed on a mesh of several devices are sampled there, laid out by `rules`: the
     rows (prompts, keys, KV caches, activations) split over the `batch` axes, heads over
@@ -120,12 +123,14 @@ def sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP: jax.Ar
     if (K == 2) != (handover_window > 0):
         raise ValueError(f"handover_window={handover_window} with {K} policies: handover needs exactly 2 policies "
                          "and a window > 0 (a mixture of whole responses samples each policy with its own call).")
+    if group < 1 or len(prompt_BxP) % group:
+        raise ValueError(f"group={group} must be >= 1 and divide the {len(prompt_BxP)} rows.")
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 1:
         raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0, max_new_tokens >= 1; got "
                          f"{temperature}, {top_p}, {top_k}, {max_new_tokens}.")
     layout = layout_of(policies, rules)
     rows = None
-    static = _static_args(max_new_tokens, temperature, top_p, top_k, stop_ids, pad_id, handover_window)
+    static = _static_args(max_new_tokens, temperature, top_p, top_k, stop_ids, pad_id, handover_window, group)
     if layout is not None:
         rows = row_sharding(layout, len(prompt_BxP))
         prompt_BxP, prompt_mask_BxP = distributed.global_arrays((prompt_BxP, prompt_mask_BxP), (rows, rows))
@@ -137,17 +142,17 @@ def sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP: jax.Ar
     return rollout if rows is None or rows.is_fully_addressable else distributed.to_host(rollout)
 
 
-def _static_args(max_new_tokens, temperature, top_p, top_k, stop_ids, pad_id, handover_window) -> tuple:
+def _static_args(max_new_tokens, temperature, top_p, top_k, stop_ids, pad_id, handover_window, group=1) -> tuple:
     return (int(max_new_tokens), float(temperature), float(top_p), int(top_k), tuple(int(i) for i in stop_ids),
-            int(pad_id), int(handover_window))
+            int(pad_id), int(handover_window), int(group))
 
 
 def lower(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP, prompt_mask_BxP, rngs_B, *,
           layout: sharding.Layout | None, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-          top_k: int = 0, stop_ids: tuple[int, ...] = (), pad_id: int = 0, handover_window: int = 0):
+          top_k: int = 0, stop_ids: tuple[int, ...] = (), pad_id: int = 0, handover_window: int = 0, group: int = 1):
     """The program `sample` runs, lowered for abstract arguments (`jax.ShapeDtypeStruct`s with shardings) on
     `layout`: `.compile().memory_analysis()` measures it without running it."""
-    static = _static_args(max_new_tokens, temperature, top_p, top_k, stop_ids, pad_id, handover_window)
+    static = _static_args(max_new_tokens, temperature, top_p, top_k, stop_ids, pad_id, handover_window, group)
     return _sample.lower(config, tuple(policies), prompt_BxP, prompt_mask_BxP, rngs_B, *static, layout)
 
 
@@ -170,19 +175,19 @@ def _compute_tree(config: ModelConfig, params: Params, names: Params) -> Params:
                         is_leaf=lambda x: isinstance(x, P))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10, 11, 12))
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10, 11, 12, 13))
 def _sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP, prompt_mask_BxP, rngs_B, N: int,
             temperature: float, top_p: float, top_k: int, stop_ids: tuple[int, ...], pad_id: int,
-            handover_window: int, layout: sharding.Layout | None) -> Rollout:
+            handover_window: int, group: int, layout: sharding.Layout | None) -> Rollout:
     names = logical_specs(config)
     with sharding.use(layout):
         return _decode(config, tuple(_compute_tree(config, p, names) for p in policies), prompt_BxP, prompt_mask_BxP, rngs_B,
-                       N, temperature, top_p, top_k, stop_ids, pad_id, handover_window)
+                       N, temperature, top_p, top_k, stop_ids, pad_id, handover_window, group)
 
 
 def _decode(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP, prompt_mask_BxP, rngs_B, N: int,
             temperature: float, top_p: float, top_k: int, stop_ids: tuple[int, ...], pad_id: int,
-            handover_window: int) -> Rollout:
+            handover_window: int, group: int = 1) -> Rollout:
     K = len(policies)
     B, P = prompt_BxP.shape
     greedy = temperature == 0
@@ -221,16 +226,19 @@ def _decode(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP, promp
                mask_NxB.at[t].set((~done_B).astype(jnp.int32)))
         return token_B, done_B | jnp.any(token_B[:, None] == stop_S[None, :], axis=-1), out
 
-    # Prefill every policy's cache with the prompt, then draw step 0 from the last position. The
-    # prompt attends over its own P slots only; the N response slots are appended afterwards.
+    # Prefill every policy's cache with the prompt (once per run of `group` rows sharing it), then draw
+    # step 0 from the last position. The prompt attends over its own P slots only; the N response
+    # slots are appended afterwards.
     layers_by_policy = [layer_params(config, params) for params in policies]
-    empty = init_cache(config, B, P)
+    empty = init_cache(config, B // group, P)
     empty = [{"k": empty["k"][i], "v": empty["v"][i]} for i in range(config.num_layers)]
-    prefilled = [forward_with_layer_caches(config, params, layers, empty, prompt_BxP,
-                                           positions_from_mask(prompt_mask_BxP), prompt_mask_BxP, 0)
+    unique_mask = prompt_mask_BxP[::group]
+    prefilled = [forward_with_layer_caches(config, params, layers, empty, prompt_BxP[::group],
+                                           positions_from_mask(unique_mask), unique_mask, 0)
                  for params, layers in zip(policies, layers_by_policy)]
-    logits_KxBxV = jnp.stack([logits for logits, _ in prefilled])
-    caches = tuple(cache for _, cache in prefilled)
+    repeat = (lambda x: x) if group == 1 else (lambda x: jnp.repeat(x, group, axis=0))
+    logits_KxBxV = jnp.stack([repeat(logits) for logits, _ in prefilled])
+    caches = tuple(jax.tree.map(repeat, cache) for _, cache in prefilled)
     out = (jnp.full((N, B), pad_id, jnp.int32), jnp.zeros((N, K, B), jnp.float32), jnp.zeros((N, B), jnp.int32))
     token_B, done_B, out = emit(0, logits_KxBxV, jnp.zeros((B,), bool), out)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import jax
 import numpy as np
@@ -68,7 +69,7 @@ class RolloutConfig:
                 (self.sampler_devices, self.sampler_tensor), "use sampler_devices >= 0 and sampler_tensor >= 1.")
 
 
-VALIDITY_WARNING = 0.8  # warn once when fewer rollouts than this are well-formed (a drifting policy)
+VALIDITY_WARNING = 0.8  # warn once when the well-formed share falls below this fraction of the first batch's
 
 
 @dataclasses.dataclass
@@ -167,16 +168,21 @@ class RolloutMaker:
         prompt_QxP, mask_QxP = self.task.prompts(problems)
         prompt_BxP, mask_BxP = np.repeat(prompt_QxP, G, axis=0), np.repeat(mask_QxP, G, axis=0)
         policies = (params, self.nora_params) if self.handover_window else (params,)
+        start = time.perf_counter()
         rollout = sample(self.model_config, policies, prompt_BxP, mask_BxP, row_keys(c.seed, position, Q * G),
-                         handover_window=self.handover_window, rules=self.rules,
+                         handover_window=self.handover_window, rules=self.rules, group=G,
                          **sampling_options(r, self.task))
         rollout = jax.device_get(rollout)
+        sampled = time.perf_counter()
         rewards_B, valid_B, strategy_B = self.task.score(problems, rollout.tokens_BxN)
+        new_tokens = float(np.sum(rollout.mask_BxN))
+        perf = {"perf/sample_s": sampled - start, "perf/sample_tokens_per_s": new_tokens / max(sampled - start, 1e-9),
+                "perf/reward_s": time.perf_counter() - sampled}
         clusters_B = self._clusters(prompt_QxP, mask_QxP, rollout, strategy_B)
         batch = pack_batch(prompt_BxP, mask_BxP, rollout, rewards_B, clusters_B,
                            trained_policy=0 if self.handover_window else None)
         host_metrics = {"rollout/valid_frac": float(np.mean(valid_B)),
-                        "rollout/finished_frac": float(np.mean(rollout.finish_B == 0))}
+                        "rollout/finished_frac": float(np.mean(rollout.finish_B == 0)), **perf}
         if self.reads_text:
             host_metrics["diversity/fallbacks"] = float(self.diversity.stats.get("fallbacks", 0))
         if self.handover_window:
@@ -208,16 +214,20 @@ class HostSide:
         # Every process holds the same batch: process 0 speaks for all.
         self.samples_path = samples_path if distributed.is_chief() else None
         self.warned = not distributed.is_chief()
+        self.first_valid: float | None = None  # the first batch's well-formed share (this process's run)
 
     def receive(self, made: MadeBatch, step: int) -> tuple[RolloutBatch, dict[str, float]]:
         if self.samples_path and made.samples:
             with open(self.samples_path, "a") as f:
                 f.writelines(json.dumps(s) + "\n" for s in made.samples)
         valid_frac = made.host_metrics["rollout/valid_frac"]
-        if valid_frac < VALIDITY_WARNING and not self.warned:
+        if self.first_valid is None:  # the starting policy's own rate: a base model may be far from 100%
+            self.first_valid = valid_frac
+        elif valid_frac < VALIDITY_WARNING * self.first_valid and not self.warned:
             self.warned = True
-            tqdm.tqdm.write(f"Warning: at step {step} only {valid_frac:.0%} of the rollouts are well-formed answers. The "
-                            "policy is drifting off the task; lower config.optim.lr or set config.trainer.stop_kl.")
+            tqdm.tqdm.write(f"Warning: at step {step} {valid_frac:.0%} of the rollouts are well-formed answers, down from "
+                            f"{self.first_valid:.0%} in the first batch. The policy is drifting off the task; lower "
+                            "config.optim.lr or set config.trainer.stop_kl.")
         return made.batch, made.host_metrics
 
 

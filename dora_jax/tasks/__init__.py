@@ -15,8 +15,10 @@ import ml_collections
 from dora_jax import sections
 from dora_jax.tasks.countdown.task import CountdownConfig, CountdownTask
 from dora_jax.tasks.math.task import MathConfig, MathTask
+from dora_jax.tasks.word_problems import WordProblemsConfig, WordProblemsTask
 
-TASKS = {"countdown": (CountdownTask, CountdownConfig), "math": (MathTask, MathConfig)}
+TASKS = {"countdown": (CountdownTask, CountdownConfig), "math": (MathTask, MathConfig),
+         "word_problems": (WordProblemsTask, WordProblemsConfig)}
 
 
 def _entry(name: str):

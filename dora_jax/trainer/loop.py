@@ -35,7 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dora_jax import distributed, models, sharding
 from dora_jax.batch import RolloutBatch
-from dora_jax.models import ModelConfig, checkpoint
+from dora_jax.models import ModelConfig, checkpoint, gguf_io
 from dora_jax.models.hf import read_config as hf_read_config
 from dora_jax.sharding import MeshConfig
 from dora_jax.trainer.state import OptimConfig, TrainState, init_state, make_optimizer
@@ -289,10 +289,17 @@ class Trainer:
                 batch, host_metrics = source.next_batch(step)  # host metrics: e.g. the rollout's validity
                 tokens = int(np.sum(batch.mask_BxT))
                 batch = distributed.global_arrays(batch, self.batch_shardings)
+                started = time.perf_counter()
                 self.state, metrics = self.update(self.state, self.frozen, batch)
+                # Timed to completion (the next rollout needs these parameters anyway): scoring under every
+                # tree, the objective, the backward pass and AdamW are one compiled program.
+                jax.block_until_ready(metrics)
+                update_s = time.perf_counter() - started
+                host_metrics = {**host_metrics, "perf/update_s": update_s,
+                                "perf/update_tokens_per_s": tokens / max(update_s, 1e-9)}
                 if publish is not None:
                     publish(self.state.params, step + 1)
-                # Step t-1's metrics are read only after step t is dispatched: host and device overlap. With stop
+                # Step t-1's metrics line is written after step t's update (with the host metrics of both). With stop
                 # rules an update's metrics are read at once, so the update whose record trips a rule is the last.
                 if pending is not None:
                     self._log(pending)
@@ -345,7 +352,8 @@ class Trainer:
         self._write({"step": pending.step, **dict(sorted(values.items()))})
         self._bar.update(pending.step - self._bar.n)
         postfix = {name: f"{values[key]:.{digits}f}" for name, key, digits in
-                   (("loss", "loss", 4), ("reward", "reward/mean", 3), ("eval", "eval/accuracy", 3)) if key in values}
+                   (("loss", "loss", 4), ("reward", "reward/mean", 3), ("eval", "eval/accuracy", 3),
+                    ("sample_s", "perf/sample_s", 1), ("update_s", "perf/update_s", 1)) if key in values}
         self._bar.set_postfix(postfix)
 
 
@@ -397,8 +405,11 @@ def model_config_of(config) -> ModelConfig:
     if not config.ref_dir:
         return ModelConfig(**config.model)
     path = os.path.expanduser(config.ref_dir)
-    model_config = (checkpoint.read_config(path) if checkpoint.is_checkpoint(path)
-                    else hf_read_config(path, config.model.param_dtype))
+    if gguf_io.is_source(path):  # a GGUF file or packaged model: its metadata, before any conversion
+        model_config = gguf_io.file_config(path, config.model.param_dtype)
+    else:
+        model_config = (checkpoint.read_config(path) if checkpoint.is_checkpoint(path)
+                        else hf_read_config(path, config.model.param_dtype))
     return checkpoint.with_compute(model_config, config.model)
 
 

@@ -43,10 +43,11 @@ def make_update(model_config: ModelConfig, objective_cfg, tx: optax.GradientTran
     """Builds `update(state, frozen, batch) -> (state, metrics)`; `frozen` = {"ref": p, "nora": p}.
 
     `response_budget`: the most response tokens per sequence (rollout.max_new_tokens), Dr.GRPO's normaliser.
+    The responses fill the last `response_budget` columns of a batch; only those are scored.
     """
     hp = objectives.parse_config(objective_cfg)
     advantage_fn = objectives.get_advantage(hp.advantage)
-    micro_loss = _micro_loss(model_config, hp, temperature)
+    micro_loss = _micro_loss(model_config, hp, temperature, response_budget)
     names = logical_specs(model_config)
 
     def grad_fn(params, frozen, mb, denoms):
@@ -78,17 +79,19 @@ def make_update(model_config: ModelConfig, objective_cfg, tx: optax.GradientTran
     return update
 
 
-def _micro_loss(model_config: ModelConfig, hp, temperature: float) -> Callable:
+def _micro_loss(model_config: ModelConfig, hp, temperature: float, response_budget: int) -> Callable:
     """`micro_loss(params, frozen, micro_batch, denoms) -> (loss, metrics)`: score the trees the loss reads,
-    then the registered loss on one micro-batch (divided by the whole batch's denominators)."""
+    then the registered loss on one micro-batch (divided by the whole batch's denominators). Only the
+    last `response_budget` columns (the responses) are scored."""
     loss_fn = objectives.get_loss(hp.loss)
     read = objectives.trees_read(hp)
     uses_nora = "nora" in scored_trees(hp)
 
     def micro_loss(params, frozen, mb, denoms):
         trees = {"policy": params, **({"nora": frozen["nora"]} if uses_nora else {})}
+        T = mb["tokens_BxT"].shape[1]
         score = functools.partial(scoring.token_logprobs, model_config, tokens_BxT=mb["tokens_BxT"],
-                                  mask_BxT=mb["mask_BxT"], temperature=temperature)
+                                  mask_BxT=mb["mask_BxT"], temperature=temperature, score_from=T - response_budget)
         scores = score(trees, kl=("policy", "nora"), entropy_of=("policy",))
         resp = mb["response_mask_BxT"]
         loss_batch = {"mask_BxT": resp, "logp_old_BxT": mb["logp_old_BxT"], "adv_B": mb["adv_B"]}

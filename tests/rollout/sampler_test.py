@@ -178,3 +178,17 @@ def test_handover(params):
 
     with pytest.raises(ValueError, match="handover"):
         rollout.sample(CFG, params, prompt, mask, keys, **kwargs)
+
+
+def test_a_shared_prefill_samples_what_separate_prefills_do(params):
+    """group=g prefills each run of g rows sharing a prompt once; every row still draws with its own key."""
+    prompt, mask = _prompts([7, 3])
+    prompt, mask = jnp.repeat(prompt, 2, axis=0), jnp.repeat(mask, 2, axis=0)  # runs of 2 rows per prompt
+    keys = _keys(4)
+    alone = rollout.sample(CFG, (params[0],), prompt, mask, keys, max_new_tokens=N, temperature=1.0)
+    shared = rollout.sample(CFG, (params[0],), prompt, mask, keys, max_new_tokens=N, temperature=1.0, group=2)
+    np.testing.assert_array_equal(np.asarray(shared.tokens_BxN), np.asarray(alone.tokens_BxN))
+    np.testing.assert_allclose(np.asarray(shared.logp_BxN), np.asarray(alone.logp_BxN), atol=1e-5)
+    assert not np.array_equal(np.asarray(shared.tokens_BxN[0]), np.asarray(shared.tokens_BxN[1]))  # own keys
+    with pytest.raises(ValueError, match="group=3 must be >= 1 and divide the 4 rows"):
+        rollout.sample(CFG, (params[0],), prompt, mask, keys, max_new_tokens=N, group=3)

@@ -72,3 +72,15 @@ def test_split_devices_keeps_a_learner_device_per_process():
     c.rollout.sampler_devices = 4
     with pytest.raises(ValueError, match="sampler_devices=4"):
         split_devices(c, jax.devices()[:4])
+
+
+def test_drift_warning_compares_with_the_first_batch(capsys):
+    """A base model that formats half its answers is not 'drifting' at step 0; falling well below its own
+    first rate is, and is said once."""
+    from dora_jax.rollout.source import HostSide, MadeBatch
+
+    host = HostSide(None)
+    for step, valid in enumerate([0.45, 0.5, 0.4, 0.3, 0.2]):
+        host.receive(MadeBatch(None, {"rollout/valid_frac": valid}, []), step)
+    out = capsys.readouterr().out
+    assert out.count("Warning") == 1 and "at step 3 30% of the rollouts" in out and "down from 45%" in out

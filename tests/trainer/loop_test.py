@@ -274,3 +274,27 @@ def test_a_full_disk_is_named_before_a_checkpoint_is_written_and_the_last_one_is
         trainer.run(RandomRollouts(seed=5, **SHAPE), num_steps=2)
     monkeypatch.setattr(shutil, "disk_usage", real)
     assert Trainer.from_config(c, str(tmp_path), devices=jax.devices()[:1]).step == 1
+
+
+def test_the_same_weights_score_the_same_in_any_slot_and_from_any_format(tmp_path):
+    """Ref from a HF dir and Nora from a dora_jax checkpoint of the same weights, computed in bfloat16: equal
+    bit for bit (bf16 compute is sensitive to a rounding-level change of the weights, so this must be exact)."""
+    from dora_jax import scoring
+    from dora_jax.models import ModelConfig, convert, hf
+
+    hf_dir, ckpt = str(tmp_path / "hf"), str(tmp_path / "ckpt")
+    hf.save_random(ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                               num_kv_heads=2, head_dim=8, model_type="llama", qkv_bias=False), hf_dir, seed=1)
+    convert.convert(hf_dir, ckpt)
+    c = smoke_config()
+    c.ref_dir, c.nora_dir = hf_dir, ckpt
+    c.model.dtype = "bfloat16"
+    trainer = Trainer.from_config(c, str(tmp_path / "run"), devices=jax.devices()[:1])
+    for a, b in zip(jax.tree.leaves(trainer.frozen["ref"]), jax.tree.leaves(trainer.frozen["nora"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    batch, _ = RandomRollouts(seed=3, **SHAPE).next_batch(0)
+    scores = scoring.score(trainer.model_config, {"ref": trainer.frozen["ref"], "nora": trainer.frozen["nora"],
+                                                  "policy": trainer.state.params}, batch.tokens_BxT, batch.mask_BxT)
+    np.testing.assert_array_equal(np.asarray(scores["ref"]), np.asarray(scores["nora"]))
+    np.testing.assert_array_equal(np.asarray(scores["policy"]), np.asarray(scores["nora"]))
+    assert not np.asarray(scores["kl/policy_nora"]).any()

@@ -44,6 +44,7 @@ class MathConfig:
     tfds_data_dir: str = "~/tensorflow_datasets"  # tfds: where the prepared ArrayRecord dataset is written
     tokenizer_dir: str = ""  # local HF dir with the tokenizer and chat template ("" = ref_dir)
     chat_template: bool = True  # wrap the problem as the chat template's user turn (False: plain text)
+    system_prompt: str = ""  # the chat's system turn ("" = the template's own default, if any)
     prompt_suffix: str = " Let's think step by step and output the final answer within \\boxed{}."
     max_prompt_len: int = 1_024  # tokens; longer problems are dropped with a count
     pad_multiple: int = 64  # prompt widths round up to this, so batches share a few compiled shapes
@@ -99,6 +100,23 @@ def stop_ids_of(tokenizer, model_dir: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(int(i) for i in ids))
 
 
+class _Splits(dict):
+    """{"rl": rows, "eval": rows}, each split read by `load(name)` when first used."""
+
+    def __init__(self, load):
+        super().__init__()
+        self._load = load
+
+    def __missing__(self, split: str) -> list[dict]:
+        if split not in ("rl", "eval"):
+            raise KeyError(split)
+        self[split] = rows = self._load(split)
+        return rows
+
+    def items(self):
+        return [(split, self[split]) for split in ("rl", "eval")]
+
+
 class MathTask:
     """Train / eval rows from local files (or a TFDS manual dir), prompts by the model's chat template."""
 
@@ -120,8 +138,13 @@ class MathTask:
         self.pad_id = int(pad if pad is not None else self.stop_ids[0])
         self.vocab_size = len(self.tokenizer)
         self.prompt_len = cfg.max_prompt_len
-        self.splits = {"rl": self._load(cfg.train_data), "eval": self._load(cfg.eval_data)}
+        self.splits = _Splits(self._rows)
         self._streams: dict[tuple[str, int, int], LengthBucketed] = {}
+
+    def _rows(self, split: str) -> list[dict]:
+        """The rows of split "rl" or "eval", each with its prompt's token ids (read when first used, so an
+        evaluation never opens the training file)."""
+        return self._load({"rl": self.cfg.train_data, "eval": self.cfg.eval_data}[split])
 
     def _load(self, spec: str) -> list[dict]:
         fields = {"problem": self.cfg.problem_field, "answer": self.cfg.answer_field}
@@ -131,9 +154,12 @@ class MathTask:
             rows = tfds_builder.read_split(self.cfg.tfds_manual_dir, self.cfg.tfds_data_dir, spec, fields)
         else:  # MathConfig allows no other source
             raise ValueError(f"config.task.source={self.cfg.source!r}: use 'files' or 'tfds'.")
+        return self._encoded(rows, spec)
+
+    def _encoded(self, rows: list[dict], spec: str) -> list[dict]:
+        """`rows` with their prompt ids; prompts over max_prompt_len are dropped with a count."""
         ids = self.encode([r["problem"] for r in rows])
-        kept = [{"problem": r["problem"], "answer": r["answer"], "prompt_ids": x}
-                for r, x in zip(rows, ids) if len(x) <= self.cfg.max_prompt_len]
+        kept = [{**r, "prompt_ids": x} for r, x in zip(rows, ids) if len(x) <= self.cfg.max_prompt_len]
         if len(kept) < len(rows):
             print(f"{spec}: dropped {len(rows) - len(kept)} of {len(rows)} problems longer than "
                   f"config.task.max_prompt_len={self.cfg.max_prompt_len} tokens.")
@@ -149,10 +175,15 @@ class MathTask:
             if not self.tokenizer.chat_template:
                 raise records.DataError(f"{self.cfg.tokenizer_dir}: the tokenizer has no chat template; add one to "
                                         "tokenizer_config.json or set --config.task.chat_template=False for plain prompts.")
-            texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
-                                                        tokenize=False) for t in texts]
+            texts = [self.tokenizer.apply_chat_template(self._messages(t), add_generation_prompt=True, tokenize=False)
+                     for t in texts]
         # The template already holds any BOS token; adding special tokens again would double it.
         return [tuple(x) for x in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def _messages(self, text: str) -> list[dict]:
+        """The chat of one prompt: the system turn (when configured) and the problem as the user turn."""
+        system = [{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else []
+        return [*system, {"role": "user", "content": text}]
 
     def problems(self, split: str, start: int, count: int, seed: int) -> list[dict]:
         """Batch start // count of the split's length-bucketed stream (batches of `count` problems)."""
