@@ -170,6 +170,7 @@ def smollm(c: ml_collections.ConfigDict) -> None:
 
 def tiny_smollm(c: ml_collections.ConfigDict) -> None:
     """`:smollm,smoke`: the real model at test size (one update of 2 prompts x 4, short answers)."""
+    c.mesh.data, c.mesh.fsdp = 1, -1  # on several (test) devices, one copy of the 135M weights split over them
     c.trainer.num_steps = 1
     c.rollout.max_new_tokens = 8
     c.rollout.prompts_per_step = 2

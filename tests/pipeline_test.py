@@ -210,9 +210,17 @@ def test_compare_writes_one_table_and_plot(shared, tmp_path):
 def test_smollm_grpo_then_dora_on_the_packaged_model(tmp_path):
     """The real pretrained model end to end: SmolLM2-135M-Instruct from its package's GGUF, one GRPO update
     (Nora), one Dora update, evaluation of Ref / Nora / Dora on generated word problems."""
-    c = _smoke(indicator, tmp_path, "smollm,smoke")
-    summary = pipeline.run(c, str(tmp_path / "dora"))
+    # As a user runs it: in a process of its own, on one CPU device (the suite's 8 simulated devices would each
+    # hold copies of the 135M-parameter trees), so its memory is returned at its exit.
+    result = subprocess.run(
+        [sys.executable, "launch/train.py", "--config=configs/indicator.py:smollm,smoke",
+         f"--workdir={tmp_path / 'dora'}", f"--config.cache_dir={tmp_path / 'cache'}"],
+        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=1200,
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "dora" / "eval.json").read_text())
     assert set(summary["policies"]) == {"ref", "nora", "dora"} and summary["num_problems"] == 2
+    assert len(summary["noise"]["pass@1"]) == 2 and summary["time_split"]["update_s"] > 0
     converted = os.listdir(tmp_path / "cache" / "models")
     assert len(converted) == 1 and converted[0].startswith("SmolLM2-135M-Instruct")
     record = _lines(tmp_path / "dora" / "metrics.jsonl", skip_perf=False)[-1]
