@@ -95,7 +95,9 @@ def evaluate_policies(config, policy_dirs: dict[str, str], out_dir: str) -> dict
     if not policy_dirs:
         raise ValueError("no policy to evaluate: pass --policy=NAME=DIR (a workdir's policy/ or a Hugging Face "
                          "dir), once per policy.")
-    pipeline.check_config(config, evaluation_only=True)
+    if "train_data" in config.task:
+        config.task.train_data = ""  # an evaluation reads the held-out split only
+    pipeline.check_config(config)
     pipeline.resolve_model_sources(config)
     policy_dirs = {name: gguf_io.model_dir(path, config.cache_dir) if gguf_io.is_source(path) else path
                    for name, path in policy_dirs.items()}

@@ -74,9 +74,9 @@ SECTIONS = {"optim": OptimConfig, "mesh": MeshConfig, "rollout": RolloutConfig, 
             "trainer": TrainerConfig, "diversity": diversity.DiversityConfig}
 
 
-def check_config(config, evaluation_only: bool = False) -> None:
+def check_config(config) -> None:
     """Raises a ConfigError naming the field and the fix for anything in `config` (or the configs it builds
-    from) that cannot work, before any work starts (`evaluation_only`: a training file need not exist)."""
+    from) that cannot work, before any work starts."""
     if config.sweep:
         raise sections.ConfigError(f"config.sweep={config.sweep!r} is set: a sweep is many runs; run it with "
                                    "dora_jax.experiments.train (what launch/train.py calls).")
@@ -101,10 +101,10 @@ def check_config(config, evaluation_only: bool = False) -> None:
             _require_section(c, "sft", SFTConfig, "common.sft(c) in the config file adds it")
         if c.teacher_dir or "teacher" in c.build:
             _require_section(c, "distill", DistillConfig, "configs/distill.py shows how to add it")
-        _check_paths(c, ("eval_data",) if evaluation_only else ("train_data", "eval_data"))
+        _check_paths(c)
 
 
-def _check_paths(config, data_fields: tuple[str, ...]) -> None:
+def _check_paths(config) -> None:
     """Model dirs exist and hold a supported model (only their config files are read); a file-based task's data
     files and tokenizer dir exist."""
     model_config = None
@@ -127,7 +127,7 @@ def _check_paths(config, data_fields: tuple[str, ...]) -> None:
             raise sections.ConfigError(str(e)) from None
     task = config.task
     if task.name == "math" and task.source == "files":
-        for field in data_fields:
+        for field in ("train_data", "eval_data"):
             for path in filter(None, (p.strip() for p in task[field].split(","))):
                 if not os.path.exists(os.path.expanduser(path)):
                     raise sections.ConfigError(

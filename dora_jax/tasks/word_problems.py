@@ -162,6 +162,9 @@ class WordProblemsTask(MathTask):
                            {"role": "assistant", "content": self.cfg.shot_answer}]
         return chat
 
+    def _splits_read_at_start(self) -> tuple[str, ...]:
+        return ("rl", "eval")
+
     def _rows(self, split: str) -> list[dict]:
         cfg = self.cfg
         rows = make_problems(cfg.seed, cfg.num_problems, tuple(k.strip() for k in cfg.kinds.split(",")),

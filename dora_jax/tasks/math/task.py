@@ -101,7 +101,8 @@ def stop_ids_of(tokenizer, model_dir: str) -> tuple[int, ...]:
 
 
 class _Splits(dict):
-    """{"rl": rows, "eval": rows}, each split read by `load(name)` when first used."""
+    """{"rl": rows, "eval": rows}, each split read by `load(name)` when first used (MathTask reads both at start,
+    except the training split of an evaluation)."""
 
     def __init__(self, load):
         super().__init__()
@@ -139,12 +140,21 @@ class MathTask:
         self.vocab_size = len(self.tokenizer)
         self.prompt_len = cfg.max_prompt_len
         self.splits = _Splits(self._rows)
+        for split in self._splits_read_at_start():  # a bad file fails now, before any work
+            self.splits[split]
         self._streams: dict[tuple[str, int, int], LengthBucketed] = {}
 
+    def _splits_read_at_start(self) -> tuple[str, ...]:
+        """Both splits; only "eval" when train_data is empty (an evaluation, which never reads the training file)."""
+        return ("rl", "eval") if self.cfg.train_data else ("eval",)
+
     def _rows(self, split: str) -> list[dict]:
-        """The rows of split "rl" or "eval", each with its prompt's token ids (read when first used, so an
-        evaluation never opens the training file)."""
-        return self._load({"rl": self.cfg.train_data, "eval": self.cfg.eval_data}[split])
+        """The rows of split "rl" or "eval", each with its prompt's token ids."""
+        spec = {"rl": self.cfg.train_data, "eval": self.cfg.eval_data}[split]
+        if not spec:
+            raise records.DataError(f"config.task.{'train' if split == 'rl' else 'eval'}_data is empty: name the "
+                                    f"{'training' if split == 'rl' else 'held-out'} file(s).")
+        return self._load(spec)
 
     def _load(self, spec: str) -> list[dict]:
         fields = {"problem": self.cfg.problem_field, "answer": self.cfg.answer_field}
