@@ -99,8 +99,7 @@ def evaluate_policies(config, policy_dirs: dict[str, str], out_dir: str) -> dict
         config.task.train_data = ""  # an evaluation reads the held-out split only
     pipeline.check_config(config)
     pipeline.resolve_model_sources(config)
-    policy_dirs = {name: gguf_io.model_dir(path, config.cache_dir) if gguf_io.is_source(path) else path
-                   for name, path in policy_dirs.items()}
+    policy_dirs = {name: gguf_io.resolve(path, config.cache_dir) for name, path in policy_dirs.items()}
     task = tasks.make_task(pipeline.with_tokenizer_dir(config.task, config.ref_dir or next(iter(policy_dirs.values()))))
     loaded = {name: checkpoint.load_policy(path, config.model) for name, path in policy_dirs.items()}
     model_config = next(iter(loaded.values())).config

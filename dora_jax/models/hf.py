@@ -175,9 +175,6 @@ def save(lm: LM, params: Params, out_dir: str, max_shard_bytes: int = 5 << 30) -
 
         for i in range(config.num_layers) if per_layer else [None]:
             tensors.append((name.format(i=i), hf_shape, dtype, lambda p=produce, i=i: p(i=i)))
-    for stale in os.listdir(out_dir):
-        if stale.endswith(".safetensors") or stale == "model.safetensors.index.json":
-            os.remove(os.path.join(out_dir, stale))
     safetensors_io.write_files(out_dir, tensors, max_shard_bytes)
     hf_config = config.to_hf_dict()
     hf_config["torch_dtype"] = hf_config["dtype"] = str(jnp.dtype(dtype))

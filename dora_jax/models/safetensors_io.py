@@ -79,11 +79,15 @@ def read_tensor(info: TensorInfo) -> np.ndarray:
 
 def write_files(out_dir: str, tensors: list[tuple[str, tuple[int, ...], np.dtype, Callable[[], np.ndarray]]],
                 max_shard_bytes: int = 5 << 30) -> list[str]:
-    """Writes `(name, shape, dtype, produce)` tensors into one or more shards plus an index.
+    """Writes `(name, shape, dtype, produce)` tensors into one or more shards plus an index, replacing any weight
+    files `out_dir` held (a smaller model must not leave stale shards behind).
 
     `produce()` is called once per tensor right before its bytes are written, so only one
     tensor is ever materialised on the host.
     """
+    for stale in os.listdir(out_dir):
+        if stale.endswith(".safetensors") or stale == "model.safetensors.index.json":
+            os.remove(os.path.join(out_dir, stale))
     shards: list[list] = [[]]
     shard_bytes = 0
     for t in tensors:

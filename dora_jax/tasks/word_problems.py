@@ -15,6 +15,7 @@ like the math task's (`problem`, `answer`), so everything downstream is shared w
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -89,8 +90,8 @@ def _groups(rng, n):
     return f"{who} has {k} boxes with {each} {item} in each box. How many {item} are there in all?", k * each
 
 
-KINDS = {"more": _more, "fewer": _fewer, "groups": _groups, "shopping": _shopping, "change": _change, "sharing": _sharing, "perimeter": _perimeter,
-         "seating": _seating, "ages": _ages}
+KINDS = {"more": _more, "fewer": _fewer, "groups": _groups, "shopping": _shopping, "change": _change,
+         "sharing": _sharing, "perimeter": _perimeter, "seating": _seating, "ages": _ages}
 
 
 def make_problems(seed: int, count: int, kinds: tuple[str, ...], max_number: int) -> list[dict]:
@@ -162,14 +163,18 @@ class WordProblemsTask(MathTask):
                            {"role": "assistant", "content": self.cfg.shot_answer}]
         return chat
 
-    def _splits_read_at_start(self) -> tuple[str, ...]:
+    def _split_names(self) -> tuple[str, ...]:
         return ("rl", "eval")
 
-    def _rows(self, split: str) -> list[dict]:
+    @functools.cached_property
+    def _generated(self) -> dict[str, list[dict]]:
+        """Both splits' problems, generated once: `eval_problems` of them held out at random from the seed."""
         cfg = self.cfg
         rows = make_problems(cfg.seed, cfg.num_problems, tuple(k.strip() for k in cfg.kinds.split(",")),
                              cfg.max_number)
-        order = np.random.default_rng(cfg.seed + 1).permutation(len(rows))
-        held_out = set(order[: cfg.eval_problems].tolist())
-        chosen = [r for i, r in enumerate(rows) if (i in held_out) == (split == "eval")]
-        return self._encoded(chosen, split)
+        held_out = set(np.random.default_rng(cfg.seed + 1).permutation(len(rows))[: cfg.eval_problems].tolist())
+        return {"rl": [r for i, r in enumerate(rows) if i not in held_out],
+                "eval": [rows[i] for i in sorted(held_out)]}
+
+    def _rows(self, split: str) -> list[dict]:
+        return self._encoded(self._generated[split], split)

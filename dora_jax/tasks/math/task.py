@@ -100,24 +100,6 @@ def stop_ids_of(tokenizer, model_dir: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(int(i) for i in ids))
 
 
-class _Splits(dict):
-    """{"rl": rows, "eval": rows}, each split read by `load(name)` when first used (MathTask reads both at start,
-    except the training split of an evaluation)."""
-
-    def __init__(self, load):
-        super().__init__()
-        self._load = load
-
-    def __missing__(self, split: str) -> list[dict]:
-        if split not in ("rl", "eval"):
-            raise KeyError(split)
-        self[split] = rows = self._load(split)
-        return rows
-
-    def items(self):
-        return [(split, self[split]) for split in ("rl", "eval")]
-
-
 class MathTask:
     """Train / eval rows from local files (or a TFDS manual dir), prompts by the model's chat template."""
 
@@ -139,21 +121,18 @@ class MathTask:
         self.pad_id = int(pad if pad is not None else self.stop_ids[0])
         self.vocab_size = len(self.tokenizer)
         self.prompt_len = cfg.max_prompt_len
-        self.splits = _Splits(self._rows)
-        for split in self._splits_read_at_start():  # a bad file fails now, before any work
-            self.splits[split]
+        self.splits = {split: self._rows(split) for split in self._split_names()}  # a bad file fails now
         self._streams: dict[tuple[str, int, int], LengthBucketed] = {}
 
-    def _splits_read_at_start(self) -> tuple[str, ...]:
-        """Both splits; only "eval" when train_data is empty (an evaluation, which never reads the training file)."""
+    def _split_names(self) -> tuple[str, ...]:
+        """Both splits; only "eval" when train_data is empty (an evaluation never reads the training file)."""
         return ("rl", "eval") if self.cfg.train_data else ("eval",)
 
     def _rows(self, split: str) -> list[dict]:
         """The rows of split "rl" or "eval", each with its prompt's token ids."""
         spec = {"rl": self.cfg.train_data, "eval": self.cfg.eval_data}[split]
         if not spec:
-            raise records.DataError(f"config.task.{'train' if split == 'rl' else 'eval'}_data is empty: name the "
-                                    f"{'training' if split == 'rl' else 'held-out'} file(s).")
+            raise records.DataError("config.task.eval_data is empty: name the held-out file(s).")
         return self._load(spec)
 
     def _load(self, spec: str) -> list[dict]:
