@@ -17,7 +17,7 @@ from typing import Any
 
 from dora_jax import cache, distributed, pipeline, tasks
 from dora_jax.eval import plots, report
-from dora_jax.eval.evaluate import Evaluator, summarize
+from dora_jax.eval.evaluate import Evaluator
 from dora_jax.models import checkpoint, gguf_io
 from dora_jax.sections import ConfigError
 
@@ -104,7 +104,7 @@ def evaluate_policies(config, policy_dirs: dict[str, str], out_dir: str) -> dict
     loaded = {name: checkpoint.load_policy(path, config.model) for name, path in policy_dirs.items()}
     model_config = next(iter(loaded.values())).config
     evaluator = Evaluator(task, model_config, config)
-    summary = summarize(evaluator.final({n: lm.params for n, lm in loaded.items()}), task, evaluator.rare_only)
+    summary = evaluator.summarize(evaluator.final({n: lm.params for n, lm in loaded.items()}))
     if not distributed.is_chief():
         return summary
     os.makedirs(out_dir, exist_ok=True)

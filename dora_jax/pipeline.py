@@ -29,7 +29,7 @@ from absl import app, flags, logging
 from dora_jax import cache, distributed, objectives, sections, tasks
 from dora_jax.cache import POLICY_DIR
 from dora_jax.eval import plots, report
-from dora_jax.eval.evaluate import EvalConfig, Evaluator, summarize
+from dora_jax.eval.evaluate import EvalConfig, Evaluator
 from dora_jax.models import ModelConfig, checkpoint, gguf_io, hf
 from dora_jax.rollout.process import ProcessRollouts
 from dora_jax.rollout.sft import DistillConfig, SFTBatches, SFTConfig, distill_corpus
@@ -289,7 +289,7 @@ def evaluate_run(config, trainer: Trainer, evaluator: Evaluator, teacher, record
         dirs[label], policies[label] = config.teacher_dir, teacher
     policies[config.name] = trainer.state.params
     results = evaluator.final(policies)
-    summary = summarize(results, evaluator.task, evaluator.rare_only)
+    summary = evaluator.summarize(results)
     if evaluator.options.noise_check and "ref" in results:
         summary["noise"] = evaluator.noise(policies["ref"], results["ref"])
     summary["time_split"] = report.time_split(records)

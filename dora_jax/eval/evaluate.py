@@ -24,6 +24,7 @@ from dora_jax.eval import passk
 from dora_jax.rollout.sampler import sample
 from dora_jax.rollout.source import RolloutConfig, row_keys, sampling_options
 from dora_jax.sections import parse, require
+from dora_jax.tasks import diversity
 
 QUICK_SAMPLES = 4  # samples per problem in a quick evaluation (enough for a per-problem strategy entropy)
 
@@ -105,6 +106,14 @@ class Evaluator:
         return {"policy": name, "pass@1": [float(d["correct"].mean()) for d in (first, again)],
                 f"pass@{n}": [float(d["correct"].any(axis=1).mean()) for d in (first, again)]}
 
+    def summarize(self, results: dict[str, dict[str, np.ndarray]]) -> dict:
+        """eval.json's summary of `final`'s results; an unlabelled task's strategies are clusters of the
+        samples (config.diversity, or the built-in embedding clustering)."""
+        clusters = None
+        if not self.task.strategy_names and "ref" in results and "nora" in results:
+            clusters = joint_clusters(results, self.task, self.problems, self.config.diversity)
+        return summarize(results, self.task, self.rare_only, clusters)
+
     def final(self, params_by_policy: dict) -> dict[str, dict[str, np.ndarray]]:
         n = self.options.samples
         return {name: self.sample(params, self.problems, n, seed=self.config.seed + 20_000 + zlib.crc32(name.encode()),
@@ -126,6 +135,8 @@ def _policy_summary(r: dict[str, np.ndarray], task, rare: np.ndarray | None) -> 
         "distinct_correct_strategies": passk.distinct_correct_strategies(strategy, correct),
         "strategy_counts": {task.strategy_name(i): int(np.sum(strategy == i))
                             for i in [*range(len(task.strategy_names)), -1]},
+        "correct_strategy_counts": {task.strategy_name(i): int(np.sum((strategy == i) & correct))
+                                    for i in [*range(len(task.strategy_names)), -1]},
         "response_length": float(r["length"].mean()),
     }
     if rare is not None and len(rare) == P and rare.any():
@@ -134,12 +145,65 @@ def _policy_summary(r: dict[str, np.ndarray], task, rare: np.ndarray | None) -> 
     return out
 
 
-def summarize(results: dict[str, dict[str, np.ndarray]], task, rare_only: np.ndarray | None = None) -> dict:
-    """eval.json's content: per-policy pass@k and diversity, and mixed pass@k of every pair (k/2 samples each).
+FORGOTTEN_SHARE = 0.5  # a strategy is forgotten when Nora's share of samples is below this fraction of Ref's
+
+
+def _shares(ids: np.ndarray, keep: np.ndarray) -> dict[int, float]:
+    """Each strategy id's count among the kept samples, as a share of all samples (id -1: none, left out)."""
+    values, counts = np.unique(ids[keep & (ids >= 0)], return_counts=True)
+    return {int(v): c / ids.size for v, c in zip(values, counts)}
+
+
+def recovery(results: dict[str, dict[str, np.ndarray]], ids: dict[str, np.ndarray] | None = None) -> dict | None:
+    """Forgotten strategies and how much of them each policy recovers (docs/design.md §8).
+
+    Forgotten: the strategies whose share of Nora's samples is below half of their share of Ref's. A policy's
+    mass is its share of samples on them; recovery = (mass - Nora's) / (Ref's - Nora's): 0 is Nora, 1 is Ref.
+    The same over correct samples only (a correct sample's share of all samples). `ids` maps each policy to
+    its samples' strategy ids [P, n] (default: the task's labels; cluster ids of unlabelled tasks must be
+    unique across problems). None without Ref and Nora, or when nothing is forgotten.
+    """
+    if "ref" not in results or "nora" not in results:
+        return None
+    ids = ids or {name: r["strategy"] for name, r in results.items()}
+    everything = {name: np.ones_like(ids[name], bool) for name in results}
+    ref, nora = _shares(ids["ref"], everything["ref"]), _shares(ids["nora"], everything["nora"])
+    forgotten = sorted(s for s, share in ref.items() if nora.get(s, 0.0) < FORGOTTEN_SHARE * share)
+    if not forgotten:
+        return None
+
+    def masses(correct_only: bool) -> dict[str, float]:
+        return {name: sum(_shares(ids[name], r["correct"] if correct_only else everything[name]).get(s, 0.0)
+                          for s in forgotten) for name, r in results.items()}
+
+    out = {"strategies": forgotten, "policies": {name: {} for name in results}}
+    for key, mass in (("", masses(False)), ("correct_", masses(True))):
+        gap = mass["ref"] - mass["nora"]
+        for name, m in mass.items():
+            out["policies"][name][f"{key}mass"] = float(m)
+            out["policies"][name][f"{key}recovery"] = float((m - mass["nora"]) / gap) if gap > 0 else None
+    return out
+
+
+def summarize(results: dict[str, dict[str, np.ndarray]], task, rare_only: np.ndarray | None = None,
+              cluster_ids: dict[str, np.ndarray] | None = None) -> dict:
+    """eval.json's content: per-policy pass@k and diversity, forgotten-strategy recovery, and mixed pass@k of
+    every pair (k/2 samples each).
 
     `rare_only` marks the evaluated problems only rare strategies solve (their pass@8 is reported).
+    `cluster_ids`: for a task without strategy labels, each policy's samples' cluster ids, unique across
+    problems (`joint_clusters`); recovery is then measured over clusters.
     """
     summary = {"policies": {name: _policy_summary(r, task, rare_only) for name, r in results.items()}, "mixtures": {}}
+    labelled = bool(task.strategy_names)
+    found = recovery(results) if labelled else (recovery(results, cluster_ids) if cluster_ids else None)
+    if found is not None:
+        found["source"] = "labels" if labelled else "clusters"
+        if labelled:
+            found["strategies"] = [task.strategy_name(s) for s in found["strategies"]]
+        else:
+            found["strategies"] = len(found["strategies"])  # (problem, cluster) pairs
+        summary["forgotten"] = found
     # Newest policy first (dora+nora, dora+ref, nora+ref), the paper's naming.
     for a, b in itertools.combinations(list(results)[::-1], 2):
         ca, cb = results[a]["correct"], results[b]["correct"]
@@ -149,5 +213,26 @@ def summarize(results: dict[str, dict[str, np.ndarray]], task, rare_only: np.nda
         summary["mixtures"][f"{a}+{b}"] = {"pass@k": pass_k}
     any_result = next(iter(results.values()))
     summary["num_problems"], summary["samples_per_problem"] = any_result["correct"].shape
-    summary["labelled_strategies"] = bool(task.strategy_names)
+    summary["labelled_strategies"] = labelled
     return summary
+
+
+def joint_clusters(results: dict[str, dict[str, np.ndarray]], task, problems, diversity_section) -> dict[str, np.ndarray]:
+    """Cluster ids of every policy's samples of each problem, clustered together per problem (so a cluster means
+    the same thing for every policy) and offset to be unique across problems: strategies of an unlabelled task.
+
+    The clustering is `diversity_section`'s function; the default `task_labels` (no labels here) becomes the
+    built-in embedding clustering."""
+    if diversity_section.name == "task_labels":
+        diversity_section = diversity.default_config()
+        diversity_section.name = "embedding"
+    diversity_fn = diversity.make_diversity(diversity_section)
+    names = list(results)
+    prompt_QxP, mask_QxP = task.prompts(problems)
+    prompts = [task.decode(p[m > 0]) for p, m in zip(prompt_QxP, mask_QxP)]
+    groups = [[task.decode(t[m > 0]) for name in names
+               for t, m in zip(results[name]["tokens"][q], results[name]["mask"][q])] for q in range(len(problems))]
+    ids_QxM = np.asarray(diversity_fn(prompts, groups, None), np.int64)
+    ids_QxM = np.where(ids_QxM >= 0, ids_QxM + len(groups[0]) * np.arange(len(problems))[:, None], -1)
+    bounds = np.cumsum([0] + [results[name]["correct"].shape[1] for name in names])
+    return {name: ids_QxM[:, bounds[i]:bounds[i + 1]] for i, name in enumerate(names)}

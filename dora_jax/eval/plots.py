@@ -7,6 +7,7 @@ import os
 
 # No backend is forced: headless machines fall back to Agg, and notebooks keep inline figures.
 import matplotlib.pyplot as plt
+import numpy as np
 
 from dora_jax.eval import report
 
@@ -85,7 +86,7 @@ def plot_eval(summary: dict, out_dir: str) -> list[str]:
     return [passk_path, strategies_path]
 
 
-def plot_compare(summaries: dict[str, dict[int, dict]], out_dir: str) -> str:
+def plot_compare(summaries: dict[str, dict[int, dict]], out_dir: str) -> list[str]:
     """pass@k vs k, one curve per method (mean over seeds), plus Ref and Nora from the first method's runs."""
     os.makedirs(out_dir, exist_ok=True)
     first = next(iter(summaries.values()))
@@ -97,7 +98,35 @@ def plot_compare(summaries: dict[str, dict[int, dict]], out_dir: str) -> str:
         ks = sorted(int(k) for k in pairs[0][0]["policies"][pairs[0][1]]["pass@k"])
         curves[label] = ({k: sum(s["policies"][n]["pass@k"][str(k)] for s, n in pairs) / len(pairs) for k in ks},
                          ":" if label in ("Ref", "Nora") else "-")
-    return _plot_passk(curves, "pass@k (held-out, mean over seeds)", os.path.join(out_dir, "compare_pass_at_k.png"))
+    passk = _plot_passk(curves, "pass@k (held-out, mean over seeds)", os.path.join(out_dir, "compare_pass_at_k.png"))
+    return [passk] + _plot_recovery(runs, out_dir)
+
+
+def _plot_recovery(runs: dict[str, list[tuple[dict, str]]], out_dir: str) -> list[str]:
+    """Forgotten-strategy recovery vs pass@1, one point per method and seed with the mean marked (the
+    exploration / exploitation trade-off of every method at a glance)."""
+    points = {label: [(report.recovery_of(s, n), s["policies"][n]["accuracy"]) for s, n in pairs]
+              for label, pairs in runs.items()}
+    points = {label: [(r, a) for r, a in pts if r is not None] for label, pts in points.items()}
+    if not any(points.values()):
+        return []
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for label, pts in points.items():
+        if not pts:
+            continue
+        r, a = np.array(pts).T
+        (line,) = ax.plot(r, a, "o", alpha=0.4, ms=4)
+        ax.plot(r.mean(), a.mean(), "D", color=line.get_color(), ms=7, label=label)
+    ax.axvline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("recovery of forgotten strategies (0 = Nora, 1 = Ref)")
+    ax.set_ylabel("pass@1 (held-out)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "compare_recovery.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
 
 
 def _plot_passk(curves: dict[str, tuple[dict[int, float], str]], ylabel: str, path: str) -> str:

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from dora_jax import objectives
+from dora_jax.eval.evaluate import FORGOTTEN_SHARE
 
 # Display order and labels of policies and mixtures in the tables.
 _LABEL = {"ref": "Ref", "nora": "Nora", "dora": "Dora", "distill": "Nora-distilled"}
@@ -116,6 +117,7 @@ def write_report(workdir: str, config, summary: dict) -> str:
                       "differences between policies of this size are not evidence."]
     if summary.get("labelled_strategies", True):
         lines += _diversity_table(p, k8)
+    lines += forgotten_section(summary)
     lines += ["", "## pass@k", "", *passk_table(summary)]
     found = checks(summary, summary.get("kl_to_nora"))
     if found:
@@ -147,6 +149,36 @@ def _diversity_table(policies: dict, k8: int) -> list[str]:
         lines.append(f"| {_label(name)} | {e['strategy_entropy']:.3f} | {e['correct_strategy_entropy']:.3f} | "
                      f"{e['distinct_correct_strategies']:.2f} | {fmt(rare.get(f'pass@{k8}'))} "
                      f"({rare.get('problems', 0)} problems) |")
+    return lines
+
+
+def forgotten_section(summary: dict) -> list[str]:
+    """The forgotten strategies, each policy's samples on every strategy, and its recovery (markdown lines)."""
+    found, p = summary.get("forgotten"), summary["policies"]
+    if found is None:
+        return []
+    names = list(p)
+    lines = ["", "## Forgotten strategies", "",
+             f"Forgotten: strategies whose share of Nora's samples is below {FORGOTTEN_SHARE:.0%} of their share of "
+             "Ref's. Recovery = (policy's share of samples on them - Nora's) / (Ref's - Nora's): 0 is Nora, 1 is Ref; "
+             "the correct-only recovery counts correct samples only."]
+    if found["source"] == "labels":
+        lines += ["", "| strategy | " + " | ".join(f"{_label(n)} samples (correct)" for n in names) + " |",
+                  "|---|" + "---|" * len(names)]
+        forgotten = set(found["strategies"])
+        for strategy in p[names[0]]["strategy_counts"]:
+            mark = " (forgotten)" if strategy in forgotten else ""
+            lines.append(f"| {strategy}{mark} | " + " | ".join(
+                f"{p[n]['strategy_counts'][strategy]} ({p[n]['correct_strategy_counts'][strategy]})" for n in names) + " |")
+    else:
+        lines += ["", f"The task labels no strategies: these are clusters of each problem's samples of all policies "
+                      f"together (config.diversity; {found['strategies']} (problem, cluster) pairs are forgotten)."]
+    lines += ["", "| policy | share on forgotten | recovery | correct share on forgotten | correct-only recovery |",
+              "|---|---|---|---|---|"]
+    for n in names:
+        e = found["policies"][n]
+        lines.append(f"| {_label(n)} | {e['mass']:.3f} | {fmt(e['recovery'])} | {e['correct_mass']:.3f} | "
+                     f"{fmt(e['correct_recovery'])} |")
     return lines
 
 
@@ -206,11 +238,21 @@ def trained_policy(summary: dict) -> str:
     return list(summary["policies"])[-1]
 
 
+def recovery_of(summary: dict, policy: str, key: str = "recovery") -> float | None:
+    """A policy's forgotten-strategy recovery in a run's summary (None where it is not measured)."""
+    return summary.get("forgotten", {}).get("policies", {}).get(policy, {}).get(key)
+
+
 def compare_table(summaries: dict[str, dict[int, dict]], seeds: list[int]) -> str:
     """compare.md: per method, mean ± sample std over seeds of pass@1/8/32, diversity, KL to Nora, time."""
     columns = {
         **{f"pass@{k}": (lambda s, n, k=k: _lookup(s, n, k)) for k in (1, 8, 32)},
         "+Nora pass@8": lambda s, n: _lookup(s, f"{n}+nora", 8) if n != "nora" else None,
+        "Nora+Ref pass@8": lambda s, n: _lookup(s, "nora+ref", 8) if n not in ("ref", "nora") else None,
+        "recovery": lambda s, n: recovery_of(s, n),
+        "correct-only recovery": lambda s, n: recovery_of(s, n, "correct_recovery"),
+        "rare-only pass@8": lambda s, n: s["policies"][n].get("rare_only", {}).get("pass@8"),
+        "valid": lambda s, n: s["policies"][n]["valid_frac"],
         "distinct correct strategies / problem": lambda s, n: s["policies"][n]["distinct_correct_strategies"],
         "KL to Nora (last update)": lambda s, n: s.get("kl_to_nora") if n not in ("ref", "nora") else None,
         "train wall time (s)": lambda s, n: s["timing"].get(f"train {n}") if n not in ("ref", "nora") else None,
@@ -226,4 +268,17 @@ def compare_table(summaries: dict[str, dict[int, dict]], seeds: list[int]) -> st
     first = next(iter(summaries.values()))  # Ref and Nora: the same builds in every method's runs
     lines += [row("Ref (SFT)", first, lambda s: "ref"), row("Nora (GRPO)", first, lambda s: "nora")]
     lines += [row(label, per_seed, trained_policy) for label, per_seed in summaries.items()]
+    tests = {  # per-seed statement about a method's trained policy -> holds
+        "+Nora pass@8 > Nora+Ref": lambda s, n: _lookup(s, f"{n}+nora", 8) > _lookup(s, "nora+ref", 8),
+        "rare-only pass@8 > Nora's": lambda s, n: (s["policies"][n].get("rare_only", {}).get("pass@8", -1)
+                                                    > s["policies"]["nora"].get("rare_only", {}).get("pass@8", 1)),
+        "pass@1 >= 70% of Nora's": lambda s, n: _lookup(s, n, 1) >= 0.7 * _lookup(s, "nora", 1),
+        "recovery >= 0.5": lambda s, n: (recovery_of(s, n) or 0.0) >= 0.5,
+    }
+    lines += ["", "Seeds in which each statement holds:", "", "| method | " + " | ".join(tests) + " |",
+              "|---|" + "---|" * len(tests)]
+    for label, per_seed in summaries.items():
+        done = [per_seed[s] for s in seeds if s in per_seed]
+        lines.append(f"| {label} | " + " | ".join(f"{sum(bool(fn(s, trained_policy(s))) for s in done)}/{len(done)}"
+                                                  for fn in tests.values()) + " |")
     return "\n".join(lines) + "\n"

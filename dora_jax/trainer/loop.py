@@ -68,7 +68,8 @@ def kl_cap(cap: float, metric: str = KL_METRIC) -> StopRule:
         if kl is None or kl <= cap:
             return None
         return (f"KL(Dora || Nora) = {kl:.3f} nats per token at step {record['step']} exceeded "
-                f"config.trainer.stop_kl = {cap} (rerun with a higher cap, or 0, to train on).")
+                f"config.trainer.stop_kl = {cap}; that update was not applied, the policy kept is the one measured "
+                "(rerun with a higher cap, or 0, to train on).")
 
     return rule
 
@@ -366,7 +367,8 @@ def update_of(config, model_config: ModelConfig) -> tuple[optax.GradientTransfor
     optim = parse(OptimConfig, config.optim, "optim")
     tx = make_optimizer(optim, options.num_steps)
     return tx, make_update(model_config, config.objective, tx, temperature=config.rollout.temperature,
-                           grad_accum=optim.grad_accum, response_budget=config.rollout.max_new_tokens)
+                           grad_accum=optim.grad_accum, response_budget=config.rollout.max_new_tokens,
+                           stop_kl=options.stop_kl)
 
 
 class UpdateLayout(NamedTuple):

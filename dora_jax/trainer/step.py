@@ -39,11 +39,14 @@ def scored_trees(objective_cfg) -> tuple[str, ...]:
 
 
 def make_update(model_config: ModelConfig, objective_cfg, tx: optax.GradientTransformation, *, temperature: float,
-                grad_accum: int, response_budget: int) -> Callable[[TrainState, dict, RolloutBatch], tuple[TrainState, dict]]:
+                grad_accum: int, response_budget: int,
+                stop_kl: float = 0.0) -> Callable[[TrainState, dict, RolloutBatch], tuple[TrainState, dict]]:
     """Builds `update(state, frozen, batch) -> (state, metrics)`; `frozen` = {"ref": p, "nora": p}.
 
     `response_budget`: the most response tokens per sequence (rollout.max_new_tokens), Dr.GRPO's normaliser.
     The responses fill the last `response_budget` columns of a batch; only those are scored.
+    `stop_kl` > 0: an update whose policy (before it) is already more than `stop_kl` nats per token from Nora is
+    not applied (metric "update/applied" 0), so a run the KL cap stops keeps the policy whose KL was measured.
     """
     hp = objectives.parse_config(objective_cfg)
     advantage_fn = objectives.get_advantage(hp.advantage)
@@ -64,6 +67,11 @@ def make_update(model_config: ModelConfig, objective_cfg, tx: optax.GradientTran
                                            grad_accum, names)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if stop_kl and KL_METRIC in metrics:
+            apply = metrics[KL_METRIC] <= stop_kl
+            params, opt_state = jax.tree.map(lambda new, old: jnp.where(apply, new, old), (params, opt_state),
+                                             (state.params, state.opt_state))
+            metrics["update/applied"] = apply.astype(jnp.float32)
         metrics.update({stable: metrics[f"objective/{name}"] for name, stable in _STABLE_NAMES.items()
                         if f"objective/{name}" in metrics})
         metrics.update({

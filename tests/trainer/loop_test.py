@@ -19,6 +19,7 @@ from dora_jax.testing import RandomRollouts
 from dora_jax import sharding
 from dora_jax.trainer import NonFiniteError, Trainer, make_optimizer, make_update
 from dora_jax.trainer.loop import TrainerConfig, initial_trees
+from dora_jax.trainer.state import init_state
 from dora_jax.trainer.step import CPU_UPDATE_OPTIONS_KNOWN
 
 SHAPE = dict(vocab_size=64, prompts=4, group_size=4, prompt_len=6, response_len=8)
@@ -231,6 +232,26 @@ def test_a_stop_rule_reads_the_update_just_applied_also_right_after_a_resume(tmp
     written = resumed.run(RandomRollouts(seed=5, **SHAPE))
     assert [r["step"] for r in written] == [4] and resumed.step == 4
     assert resumed.stopped_early == "stopped at step 4: step 4 reached"
+
+
+def test_the_kl_cap_keeps_the_policy_whose_kl_tripped_it():
+    """The update that measures its policy over stop_kl is not applied: the kept policy is the measured one."""
+    c = smoke_config()
+    c.optim.lr = 3e-2  # the policy leaves Nora within an update or two
+    model_config, frozen, init = initial_trees(c)
+    tx = make_optimizer(c.optim, c.trainer.num_steps)
+    update = jax.jit(make_update(model_config, c.objective, tx, temperature=1.0, grad_accum=1,
+                                 response_budget=SHAPE["response_len"], stop_kl=1e-4))
+    batch, _ = RandomRollouts(seed=5, **SHAPE).next_batch(0)
+    state = init_state(init, tx)
+    applied = []
+    for _ in range(3):
+        before = state.params
+        state, metrics = update(state, frozen, batch)
+        applied.append(float(metrics["update/applied"]))
+    assert applied == [1.0, 0.0, 0.0]  # the first starts at Nora (KL 0); after it the policy is over the cap
+    assert float(metrics["kl/policy_nora_token"]) > 1e-4
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)))
 
 
 _SHAPED_CHILD = textwrap.dedent("""

@@ -1,0 +1,78 @@
+"""Forgotten strategies and their recovery: the definition, its report section and the comparison's columns."""
+
+import numpy as np
+import pytest
+
+from dora_jax.eval import evaluate, report
+
+
+def _result(counts: dict[int, int], correct_of: dict[int, int] | None = None, n: int = 10) -> dict:
+    """Samples of one policy on 10 problems x n with the given strategy counts (-1 fills the rest)."""
+    ids = np.concatenate([np.full(c, s) for s, c in counts.items()] + [np.full(10 * n - sum(counts.values()), -1)])
+    correct = np.zeros_like(ids, bool)
+    for s, c in (correct_of or {}).items():
+        correct[np.flatnonzero(ids == s)[:c]] = True
+    return {"strategy": ids.reshape(10, n).astype(np.int32), "correct": correct.reshape(10, n)}
+
+
+def test_forgotten_strategies_are_those_nora_samples_under_half_as_often_as_ref():
+    results = {"ref": _result({0: 50, 1: 30, 2: 20}, {1: 10, 2: 10}),
+               "nora": _result({0: 90, 1: 10}, {1: 2}),
+               "dora": _result({0: 50, 1: 25, 2: 25}, {1: 8, 2: 12}),
+               "half": _result({0: 70, 1: 20, 2: 10}, {1: 6, 2: 5})}
+    found = evaluate.recovery(results)
+    assert found["strategies"] == [1, 2]  # 1: 10% < 15%, 2: 0% < 10%; 0: 90% is not below 25%
+    p = found["policies"]
+    assert p["ref"]["mass"] == pytest.approx(0.5) and p["nora"]["mass"] == pytest.approx(0.1)
+    assert p["ref"]["recovery"] == pytest.approx(1.0) and p["nora"]["recovery"] == pytest.approx(0.0)
+    assert p["dora"]["recovery"] == pytest.approx(1.0)  # (0.5 - 0.1) / (0.5 - 0.1)
+    assert p["half"]["recovery"] == pytest.approx(0.5)  # (0.3 - 0.1) / 0.4
+    # Correct samples only: Ref 0.20, Nora 0.02, Dora 0.20, half 0.11.
+    assert p["dora"]["correct_recovery"] == pytest.approx(1.0)
+    assert p["half"]["correct_recovery"] == pytest.approx(0.5)
+
+
+def test_no_recovery_without_ref_and_nora_or_when_nothing_is_forgotten():
+    same = _result({0: 50, 1: 50})
+    assert evaluate.recovery({"ref": same, "dora": same}) is None
+    assert evaluate.recovery({"ref": same, "nora": _result({0: 40, 1: 60})}) is None
+
+
+class _Task:
+    strategy_names = ()
+
+    def prompts(self, problems):
+        return np.ones((len(problems), 2), np.int32), np.ones((len(problems), 2), np.int32)
+
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+
+def test_an_unlabelled_task_clusters_every_policys_samples_of_a_problem_together():
+    # Two problems; on each, Ref writes "1 2" and "7 8" answers, Nora only "1 2": clusters differ across problems.
+    tokens = {"ref": [[[1, 2], [7, 8]], [[1, 2], [7, 8]]], "nora": [[[1, 2], [1, 2]], [[1, 2], [1, 2]]]}
+    results = {name: {"tokens": np.array(t), "mask": np.ones_like(np.array(t)), "correct": np.ones((2, 2), bool)}
+               for name, t in tokens.items()}
+    ids = evaluate.joint_clusters(results, _Task(), [0, 1], evaluate.diversity.default_config())
+    assert ids["ref"][0, 0] == ids["nora"][0, 0] == ids["nora"][0, 1] != ids["ref"][0, 1]
+    assert len({int(i) for i in np.concatenate([ids["ref"], ids["nora"]]).ravel()}) == 4  # unique across problems
+    found = evaluate.recovery(results, ids)
+    assert len(found["strategies"]) == 2 and found["policies"]["ref"]["recovery"] == pytest.approx(1.0)
+
+
+def _summary(dora_recovery: float, dora_nora: float, rare: float) -> dict:
+    def policy(acc):
+        return {"accuracy": acc, "valid_frac": 0.9, "pass@k": {"1": acc, "8": acc + 0.2, "32": acc + 0.3},
+                "distinct_correct_strategies": 1.0, "rare_only": {"problems": 5, "pass@8": rare if acc < 0.25 else 0.3}}
+    return {"policies": {"ref": policy(0.2), "nora": policy(0.3), "dora": policy(0.24)},
+            "mixtures": {"dora+nora": {"pass@k": {"8": dora_nora}}, "nora+ref": {"pass@k": {"8": 0.55}}},
+            "forgotten": {"policies": {"dora": {"recovery": dora_recovery, "correct_recovery": 0.1}}},
+            "timing": {}, "kl_to_nora": 0.2}
+
+
+def test_the_comparison_counts_the_seeds_in_which_each_target_holds():
+    text = report.compare_table({"signed": {0: _summary(0.6, 0.6, 0.4), 1: _summary(0.4, 0.5, 0.2)}}, [0, 1])
+    assert "| recovery | correct-only recovery | rare-only pass@8 | valid |" in text
+    row = [line for line in text.splitlines() if line.startswith("| signed |")][-1]
+    # +Nora > Nora+Ref in 1 of 2, rare-only above Nora's 0.3 in 1, pass@1 0.24 >= 0.21 in both, recovery in 1.
+    assert row == "| signed | 1/2 | 1/2 | 2/2 | 1/2 |"
