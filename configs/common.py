@@ -83,6 +83,8 @@ def get_config(arg=None):
     c.cache_dir = "~/.cache/dora_jax"  # where built ref / Nora checkpoints are kept, keyed by their config
     c.build = ml_collections.ConfigDict()  # .ref / .nora / .teacher: configs that build a missing *_dir
     c.sweep = ""  # "objective.beta=0.01,0.1,1": one run per value under workdir/<field>=<value>, then overlays
+    # {label: config} trained after this run on the same Ref and Nora, side by side in report.md
+    c.alongside = ml_collections.ConfigDict()
     return c
 
 

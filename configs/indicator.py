@@ -4,8 +4,13 @@
 
 On the embedded default, a missing pi_ref (configs/ref_sft.py) and Nora (configs/nora_grpo.py)
 are built first and cached under config.cache_dir. The run writes metrics, samples, eval.json,
-report.md (the paper's Tables 1-2 analogues) and figures/ to the workdir.
+report.md (the paper's Tables 1-2 analogues) and figures/ to the workdir. Then the improved variant
+`:from_ref,complement` trains on the same Ref and Nora in WORKDIR/alongside/complement_from_ref, and
+report.md ends with both side by side (docs/results.md, "Rediscovering forgotten strategies").
 Variants: `:smoke` (seconds, for tests), `:beta_sweep` (beta in 0.01, 0.1, 1 with overlays),
+`:signed` (psi = exp(A / beta) - 1), `:sequence` (the response's log pi_ref / pi_nora as gate and log-ratio),
+`:complement` (PPO reinforcing only correct responses Ref favours more than Nora), `:from_ref` (Dora starts
+from Ref, uncapped); they combine, e.g. `:from_ref,complement`,
 `:handover` (paper §5.2: responses alternate between Dora and Nora every 2 tokens; Dora learns on hers),
 `:smollm` (a real pretrained model on a CPU: SmolLM2-135M-Instruct from its package, Nora built by GRPO,
 about 50 minutes on 2 cores from nothing; docs/real_model.md),
@@ -47,6 +52,19 @@ def get_config(arg=None):
         c.optim.lr = 1e-5
         c.trainer.num_steps = 15
         c.eval.noise_check = True  # Ref drawn twice: the report shows how far two evaluations of one model differ
+    # Beyond the paper (docs/results.md, "Rediscovering forgotten strategies"); one change each, combinable:
+    v = common.variants(arg)
+    if "signed" in v:  # psi = exp(A / beta) - 1: a wrong sample's Ref-favoured tokens are pushed down
+        c.objective.psi_form = "signed"
+    if "sequence" in v:  # the gate and log-ratio of the whole response, log pi_ref(y) / pi_nora(y)
+        c.objective = common.objective("dora_sequence", keep=c.objective)
+    if "complement" in v:  # PPO whose positive advantages go only to responses Ref favours more than Nora
+        c.objective = common.objective("dora_complement", keep=c.objective)
+    if "from_ref" in v:  # Dora starts from Ref, who still holds what Nora forgot
+        c.policy_init = "ref"
+        c.trainer.stop_kl = 0.0  # Ref is already ~1 nat per token from Nora: a cap to Nora does not apply
+    if not v - {"seeds"}:  # the main command: the improved variant trains after it, on the same Ref and Nora
+        c.alongside.complement_from_ref = get_config("from_ref,complement")
     if "handover" in common.variants(arg):
         # Paper §5.2: Dora and Nora alternate every 2 tokens within each response; Dora's loss
         # covers her own windows only (Countdown answers are 5-9 tokens).

@@ -19,6 +19,8 @@ def cache_key(config) -> str:
     """Hash of everything that changes a built policy (not where it is cached or how progress is shown)."""
     c = copy.deepcopy(config)
     c.cache_dir, c.trainer.progress = "", True
+    if "alongside" in c:  # runs after this one; they do not change it
+        del c["alongside"]
     return hashlib.sha256(c.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -72,7 +72,16 @@ def compare(configs: dict[str, Any], seeds: list[int], workdir: str, overrides: 
         for label, config in configs.items():
             c = copy.deepcopy(config)
             cache.reseed(c, seed)
-            c.update_from_flattened_dict(overrides or {})
+            if c.get("alongside"):  # every method is a row of compare.md already
+                c.alongside = type(c.alongside)()
+            for field, value in (overrides or {}).items():  # strings from the command line take the field's type
+                section = c
+                for part in field.split(".")[:-1]:
+                    section = section[part]
+                leaf = field.split(".")[-1]
+                if leaf not in section:
+                    raise ConfigError(f"{field}={value!r}: the {label} config has no field {field!r}.")
+                section[leaf] = _typed(section[leaf], value)
             run_dir = os.path.join(workdir, f"seed={seed}", label.replace(":", "_"))
             summaries.setdefault(label, {})[seed] = pipeline.run(c, run_dir)
             # Rewritten after every run, so an interrupted comparison keeps a table of what finished.
@@ -84,6 +93,15 @@ def compare(configs: dict[str, Any], seeds: list[int], workdir: str, overrides: 
         plots.plot_compare(summaries, os.path.join(workdir, "figures"))
         print(text)
     return summaries
+
+
+def _typed(current, value):
+    """`value` as the type of the field's current value (command-line strings: "0" -> 0.0 for a float field)."""
+    if not isinstance(value, str) or isinstance(current, str):
+        return value
+    if isinstance(current, bool):
+        return value.lower() in ("1", "true", "yes")
+    return type(current)(value)
 
 
 def evaluate_policies(config, policy_dirs: dict[str, str], out_dir: str) -> dict:

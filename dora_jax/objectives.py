@@ -45,7 +45,7 @@ _MAX_LOG_PSI = 60.0
 _MAX_LOG_RATIO = 20.0
 
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-PSI_FORMS = ("exp_adv", "ref_weighted")
+PSI_FORMS = ("exp_adv", "ref_weighted", "signed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,12 +70,13 @@ class ObjectiveConfig:
     beta: float = 1.0  # psi temperature: psi = exp(A / beta)
     delta: float = 2.0  # clip range of the Dora weight C(x, delta)
     tau: float = 1.0  # advantage scale inside the ref_weighted psi
-    psi_form: str = "exp_adv"  # exp_adv (paper) | ref_weighted (released code; configs/contrastive.py)
+    psi_form: str = "exp_adv"  # exp_adv (paper) | ref_weighted (released code) | signed (exp_adv - 1: wrong pushed down)
     credit: str = "token"  # dora_clipped credit: token (immediate) | return (reverse cumulative)
     # Advantages
     k: int = 4  # k of the analytic pass@k advantage
     set_size: int = 4  # n of set advantages (poly_epo, pass_at_k)
     diversity_bonus: float = 0.5  # lambda of the grpo_diversity advantage (novel correct strategies)
+    nora_push: float = 0.0  # dora_complement: advantage taken from responses inside Nora's modes (D <= 0)
 
     def __post_init__(self):
         require(self.loss in LOSSES, "loss", self.loss, f"use a registered loss: {', '.join(sorted(LOSSES))}.")
@@ -282,19 +283,22 @@ def psi(adv_BxT_or_B: jax.Array, logp_ref_BxT: jax.Array, hp: Any) -> jax.Array:
 
     exp_adv      (paper, Formulation 2): psi = exp(A / beta)
     ref_weighted (released code):        psi = exp(lR_t + tau A - log beta) = pi_ref e^{tau A} / beta
+    signed:                              psi = exp(A / beta) - 1, negative for below-average samples (A < 0),
+                                         so a wrong sample's Ref-favoured tokens are pushed down, not up
     The exponent is capped at 60 so float32 never overflows (see _MAX_LOG_PSI).
     """
     form = hp.psi_form
     logp_ref_BxT = jnp.asarray(logp_ref_BxT, jnp.float32)
     adv_BxT = _per_token(adv_BxT_or_B, logp_ref_BxT)
     beta = hp.beta
-    if form == "exp_adv":
+    if form in ("exp_adv", "signed"):
         log_psi_BxT = adv_BxT / beta
     elif form == "ref_weighted":
         log_psi_BxT = logp_ref_BxT + hp.tau * adv_BxT - math.log(beta)
     else:
         raise ValueError(f"Unknown psi_form {form!r}; set objective.psi_form to one of {', '.join(PSI_FORMS)}.")
-    return jnp.exp(jnp.minimum(log_psi_BxT, _MAX_LOG_PSI))
+    psi_BxT = jnp.exp(jnp.minimum(log_psi_BxT, _MAX_LOG_PSI))
+    return psi_BxT - 1.0 if form == "signed" else psi_BxT
 
 
 def _finish(pg_loss: jax.Array, logp_BxT: jax.Array, b: LossBatch, hp: Any, denoms: Denoms,
@@ -319,6 +323,15 @@ def _finish(pg_loss: jax.Array, logp_BxT: jax.Array, b: LossBatch, hp: Any, deno
         metrics["entropy"] = _token_mean(b["entropy_BxT"], mask_BxT, denoms)
     metrics["loss"] = loss
     return loss, metrics
+
+
+def _by_outcome(name: str, x_BxT: jax.Array, adv_B: jax.Array, mask_BxT: jax.Array,
+                denoms: Denoms) -> dict[str, jax.Array]:
+    """`name`/above and `name`/below: x summed over the tokens of above- and below-average samples (A > 0, A < 0),
+    over all tokens (so the two add up to the token-mean over A != 0): where a Dora weight pushes."""
+    adv_BxT = _per_token(adv_B, x_BxT)
+    return {f"{name}_above": _token_mean(x_BxT * (adv_BxT > 0), mask_BxT, denoms),
+            f"{name}_below": _token_mean(x_BxT * (adv_BxT < 0), mask_BxT, denoms)}
 
 
 # ----------------------------------------------------------------------------- losses
@@ -415,6 +428,66 @@ def dora_indicator_loss(logp_BxT: jax.Array, b: LossBatch, hp: Any,
         "weight_mean": _token_mean(w_BxT, mask_BxT, denoms),
         "psi_mean": _token_mean(psi_BxT, mask_BxT, denoms),
         "log_ratio_mean": _token_mean(log_ratio_BxT, mask_BxT, denoms),
+        **_by_outcome("gate", gate_BxT, b["adv_B"], mask_BxT, denoms),
+        **_by_outcome("weight", w_BxT, b["adv_B"], mask_BxT, denoms),
+    }
+    return _finish(pg_loss, logp_BxT, b, hp, denoms, metrics)
+
+
+def _sequence_log_ratio(b: LossBatch) -> jax.Array:
+    """D_i = log pi_ref(y_i) - log pi_nora(y_i) [B]: the response's log-ratio summed over its tokens."""
+    return jnp.sum((b["logp_ref_BxT"] - b["logp_nora_BxT"]) * b["mask_BxT"], axis=1)
+
+
+@register_loss("dora_sequence", reads=_PG + ("beta", "delta", "tau", "psi_form"))
+def dora_sequence_loss(logp_BxT: jax.Array, b: LossBatch, hp: Any,
+                       denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Formulation 2 with a sequence-level disagreement (docs/design.md §3.2): a strategy is a choice of the
+    whole response, so the gate and the log-ratio are the response's, D_i = log pi_ref(y_i) / pi_nora(y_i):
+
+    w_i = sg(1(D_i > 0) clip(psi_i D_i, -delta, delta)) on every token of response i;
+    loss = -agg(w min(rho, clip(rho, 1 - eps_low, 1 + eps_high))).
+    """
+    mask_BxT = b["mask_BxT"]
+    d_B = _sequence_log_ratio(b)
+    psi_BxT = psi(b["adv_B"], b["logp_ref_BxT"], hp)
+    gate_BxT = _per_token(d_B > 0, logp_BxT)
+    w_BxT = gate_BxT * jnp.clip(psi_BxT * _per_token(d_B, logp_BxT), -hp.delta, hp.delta)
+    rho_BxT = _ratio(logp_BxT, b["logp_old_BxT"])
+    pg_loss = -agg(w_BxT * jnp.minimum(rho_BxT, _clip_ratio(rho_BxT, hp)), mask_BxT, hp.agg, denoms)
+    metrics = {
+        "indicator_frac": _token_mean(gate_BxT, mask_BxT, denoms),
+        "weight_mean": _token_mean(w_BxT, mask_BxT, denoms),
+        "psi_mean": _token_mean(psi_BxT, mask_BxT, denoms),
+        "seq_log_ratio_mean": jnp.sum(d_B) / denoms.seqs,
+        **_by_outcome("gate", gate_BxT, b["adv_B"], mask_BxT, denoms),
+        **_by_outcome("weight", w_BxT, b["adv_B"], mask_BxT, denoms),
+    }
+    return _finish(pg_loss, logp_BxT, b, hp, denoms, metrics)
+
+
+@register_loss("dora_complement", reads=_PG + ("nora_push",))
+def dora_complement_loss(logp_BxT: jax.Array, b: LossBatch, hp: Any,
+                         denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """PPO on a complementarity advantage (docs/design.md §3.2): an above-average response is reinforced only when
+    it lies outside Nora's modes, D_i = log pi_ref(y_i) / pi_nora(y_i) > 0 (Ref favours it more than Nora does);
+    a below-average one is pushed down as in GRPO:
+
+    A'_i = (A_i 1(D_i > 0) if A_i > 0 else A_i) - nora_push 1(D_i <= 0);
+    loss = -agg(min(rho A', clip(rho, 1 - eps_low, 1 + eps_high) A')). nora_push > 0 also pushes Dora out of
+    Nora's modes (by default 0: they are only not reinforced).
+    """
+    mask_BxT = b["mask_BxT"]
+    d_B = _sequence_log_ratio(b)
+    adv_B = b["adv_B"]
+    outside_B = d_B > 0
+    adv_B = jnp.where(adv_B > 0, adv_B * outside_B, adv_B) - hp.nora_push * ~outside_B
+    adv_BxT = _per_token(adv_B, logp_BxT)
+    pg_loss = -agg(_ppo_surrogate(_ratio(logp_BxT, b["logp_old_BxT"]), adv_BxT, hp), mask_BxT, hp.agg, denoms)
+    metrics = {
+        "indicator_frac": _token_mean(_per_token(outside_B, logp_BxT), mask_BxT, denoms),
+        "seq_log_ratio_mean": jnp.sum(d_B) / denoms.seqs,
+        **_by_outcome("weight", adv_BxT, b["adv_B"], mask_BxT, denoms),
     }
     return _finish(pg_loss, logp_BxT, b, hp, denoms, metrics)
 

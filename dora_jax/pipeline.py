@@ -24,6 +24,7 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
 from absl import app, flags, logging
 
 from dora_jax import cache, distributed, objectives, sections, tasks
@@ -66,7 +67,26 @@ def run(config, workdir: str) -> dict:
     summary = evaluate_run(config, trainer, evaluator, teacher, records, timing)
     if distributed.is_chief():  # in a multi-process run, process 0 writes the files a run has one of
         write_outputs(config, workdir, trainer.step, summary, records)
+    if config.get("alongside"):
+        summary["alongside"] = run_alongside(config, workdir, summary)
     return summary
+
+
+def run_alongside(config, workdir: str, summary: dict) -> dict:
+    """Runs each config of `config.alongside` ({label: config}) on the same Ref and Nora (same seed and task) in
+    WORKDIR/alongside/<label>, then appends a side-by-side table (report.compare_table) to report.md."""
+    seed, summaries = config.seed, {config.name: {config.seed: summary}}
+    for label, other in config.alongside.items():
+        c = copy.deepcopy(other)
+        c.seed, c.task, c.eval, c.cache_dir = config.seed, copy.deepcopy(config.task), copy.deepcopy(config.eval), config.cache_dir
+        c.ref_dir, c.nora_dir, c.build = config.ref_dir, config.nora_dir, type(c.build)()
+        summaries[label] = {seed: run(c, os.path.join(workdir, "alongside", label))}
+    text = report.compare_table(summaries, [seed]).replace("# Comparison over seeds", "# Side by side, seed", 1)
+    if distributed.is_chief():
+        with open(os.path.join(workdir, "report.md"), "a") as f:
+            f.write("\n" + text.replace("\n# ", "\n## ", 1).replace("# Side", "## Side", 1))
+        print(text)
+    return {label: per_seed[seed] for label, per_seed in summaries.items() if label != config.name}
 
 
 # Sections every config has, with the class that checks them; `sft` and `distill` are checked when used.
@@ -102,6 +122,8 @@ def check_config(config) -> None:
         if c.teacher_dir or "teacher" in c.build:
             _require_section(c, "distill", DistillConfig, "configs/distill.py shows how to add it")
         _check_paths(c)
+    for other in config.get("alongside", {}).values():
+        check_config(other)
 
 
 def _check_paths(config) -> None:
@@ -200,7 +222,7 @@ def load_task(config):
 
 
 # What a resumed run may change: how long and how it trains on, what it evaluates, where builds are cached.
-RESUMABLE_CHANGES = ("trainer.", "eval.", "cache_dir", "sweep", "build.")
+RESUMABLE_CHANGES = ("trainer.", "eval.", "cache_dir", "sweep", "build.", "alongside.")
 
 
 def check_resumable(config, workdir: str) -> None:
@@ -293,6 +315,11 @@ def evaluate_run(config, trainer: Trainer, evaluator: Evaluator, teacher, record
     if evaluator.options.noise_check and "ref" in results:
         summary["noise"] = evaluator.noise(policies["ref"], results["ref"])
     summary["time_split"] = report.time_split(records)
+    found = summary.get("forgotten")
+    if found and found["source"] == "labels":  # how often the trained policy sampled them while it learned
+        _, share = plots.forgotten_share(records, found["strategies"])
+        if share:
+            found["rollouts"] = {"first_update": share[0], "last_10_updates": float(np.mean(share[-10:]))}
     timing["final evaluation"] = time.perf_counter() - start
     critic = {name: _built_critic_score(path) for name, path in dirs.items()}
     critic[config.name] = report.critic_score(records) if config.objective.loss != "sft" else None
@@ -307,7 +334,8 @@ def write_outputs(config, workdir: str, step: int, summary: dict, records: list[
     with open(os.path.join(workdir, "eval.json"), "w") as f:
         json.dump(summary, f, indent=2)
     figures = os.path.join(workdir, "figures")
-    pngs = plots.plot_curves({config.name: records}, figures) + plots.plot_eval(summary, figures)
+    pngs = (plots.plot_curves({config.name: records}, figures) + plots.plot_eval(summary, figures)
+            + plots.plot_diagnosis(records, summary, figures))
     with MetricWriter(workdir, enabled=True) as tb:  # beside the run's curves in TensorBoard
         for png in pngs:
             tb.image(step, "figures/" + os.path.basename(png).removesuffix(".png"), png)

@@ -2,6 +2,7 @@
 
     python launch/compare.py --workdir=runs/compare          # the default methods, seeds 0, 1, 2
     python launch/compare.py --config=configs/indicator.py --config=configs/polyepo.py:pass_at_k --seeds=0
+    python launch/compare.py --config=configs/indicator.py:signed --seeds=0 --validation=300   # tuning, no held-out
 
 Every method runs through the same pipeline (sampler, scorer, trainer); per seed, Ref and Nora
 are built once and shared. Writes WORKDIR/compare.md, WORKDIR/figures/compare_pass_at_k.png and
@@ -22,6 +23,9 @@ _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; each builds its own
 _WORKDIR = flags.DEFINE_string("workdir", "runs/compare", "Output directory.")
 _EVAL_SAMPLES = flags.DEFINE_integer("eval_samples", 32, "Samples per held-out problem (pass@k up to this k).")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny configs (seconds per run), for tests.")
+_VALIDATION = flags.DEFINE_integer("validation", 0, "Hold out this many RL problems and evaluate on them instead of "
+                                   "the held-out split: for choosing hyperparameters (Ref and Nora are rebuilt).")
+_SET = flags.DEFINE_multi_string("set", [], "FIELD=VALUE applied to every method's config, e.g. trainer.stop_kl=0.")
 
 
 def load(spec: str, smoke: bool = False):
@@ -37,7 +41,15 @@ def load(spec: str, smoke: bool = False):
 def main(argv):
     del argv
     configs = dict(load(spec, _SMOKE.value) for spec in _CONFIGS.value)
-    experiments.compare(configs, [int(s) for s in _SEEDS.value], _WORKDIR.value, {"eval.samples": _EVAL_SAMPLES.value})
+    overrides = {"eval.samples": _EVAL_SAMPLES.value}
+    if _VALIDATION.value:
+        overrides.update({"task.validation_problems": _VALIDATION.value, "eval.split": "validation"})
+    for item in _SET.value:
+        field, eq, value = item.partition("=")
+        if not eq:
+            raise app.UsageError(f"--set={item!r}: write FIELD=VALUE, e.g. --set=trainer.stop_kl=0.")
+        overrides[field] = value
+    experiments.compare(configs, [int(s) for s in _SEEDS.value], _WORKDIR.value, overrides)
 
 
 if __name__ == "__main__":

@@ -240,7 +240,7 @@ def test_losses_declare_the_trees_they_read():
     assert obj.trees_read(hp(loss="sft")) == ()
     assert obj.trees_read(hp(loss="grpo", beta_kl=0.0)) == ()
     assert obj.trees_read(hp(loss="grpo", beta_kl=0.001)) == ("ref",)
-    for name in ("dora_indicator", "dora_clipped", "dora_contrastive"):
+    for name in ("dora_indicator", "dora_clipped", "dora_contrastive", "dora_sequence", "dora_complement"):
         assert obj.trees_read(hp(loss=name)) == ("ref", "nora")
     lD, batch = clipped_batch()
     without_ref = {k: v for k, v in batch.items() if k != "logp_ref_BxT"}
@@ -285,16 +285,27 @@ def test_on_policy_gradients_match_stated_forms(mode):
     c = np.minimum(np.maximum(x, -0.6), lR + A_Bx1 / 0.7)
     c_return = np.cumsum((c * b["mask_BxT"])[:, ::-1], axis=1)[:, ::-1]
     psi_ref = np.exp(lR + 1.3 * A_Bx1 - math.log(0.7))
+    w_signed = np.where(x > 0, np.clip((np.exp(A_Bx1 / 0.7) - 1) * x, -0.6, 0.6), 0.0)
+    d_Bx1 = np.sum(x * b["mask_BxT"], axis=1, keepdims=True)  # log pi_ref(y) / pi_nora(y)
+    w_seq = np.broadcast_to(np.where(d_Bx1 > 0, np.clip(np.exp(A_Bx1 / 0.7) * d_Bx1, -0.6, 0.6), 0.0), x.shape)
+    adv_complement = np.broadcast_to(np.where(A_Bx1 > 0, A_Bx1 * (d_Bx1 > 0), A_Bx1), x.shape)
+    assert (w_signed < 0).any() and (d_Bx1 > 0).any() and (d_Bx1 < 0).any()  # every branch is exercised
     expected = {
         ("grpo", "token"): -A_Bx1 * W + dk3,
         ("dora_indicator", "token"): -w * W + dk3,
         ("dora_clipped", "token"): -c * W + dk3,
         ("dora_clipped", "return"): -c_return * W + dk3,
         ("dora_contrastive", "token"): -psi_ref * W + dk3,
+        ("dora_sequence", "token"): -w_seq * W + dk3,
+        ("dora_complement", "token"): -adv_complement * W + dk3,
+        ("dora_indicator", "signed"): -w_signed * W + dk3,
+        ("dora_complement", "push"): -(adv_complement - 0.3 * (d_Bx1 <= 0)) * W + dk3,
     }
     for (name, credit), grad in expected.items():
         form = "ref_weighted" if name == "dora_contrastive" else "exp_adv"  # the released code's psi for its loss
-        _, g = loss_grad(name, lD, b, hp(**{**h.to_dict(), "credit": credit, "psi_form": form}))
+        form, credit = ("signed", "token") if credit == "signed" else (form, credit)
+        push, credit = (0.3, "token") if credit == "push" else (0.0, credit)
+        _, g = loss_grad(name, lD, b, hp(**{**h.to_dict(), "credit": credit, "psi_form": form, "nora_push": push}))
         close(g, grad, atol=1e-6)
     assert np.abs(expected[("dora_clipped", "token")]).max() > 0.01  # the released code's version had no gradient
 
@@ -363,7 +374,8 @@ def test_micro_batch_sums_equal_full_batch(mode):
     lD = f32(lD + 0.1)
     d = obj.denoms_of(b["mask_BxT"])
     configs = [("grpo", "token"), ("dora_indicator", "token"), ("dora_clipped", "token"),
-               ("dora_clipped", "return"), ("dora_contrastive", "token")]
+               ("dora_clipped", "return"), ("dora_contrastive", "token"), ("dora_sequence", "token"),
+               ("dora_complement", "token")]
     for name, credit in configs:
         h = hp(agg=mode, beta_kl=0.02, entropy_coef=0.01, credit=credit, beta=0.5)
         (loss, m), g = loss_grad(name, lD, b, h, d)
@@ -377,7 +389,7 @@ def test_micro_batch_sums_equal_full_batch(mode):
 def test_losses_jit():
     lD, b = random_batch(5, stale=0.2)
     d = obj.denoms_of(b["mask_BxT"])
-    for name in ("grpo", "dora_indicator", "dora_clipped", "dora_contrastive"):
+    for name in ("grpo", "dora_indicator", "dora_clipped", "dora_contrastive", "dora_sequence", "dora_complement"):
         h = hp(agg="seq-mean-token-sum-norm", credit="return", entropy_coef=0.1)
         fn = obj.get_loss(name)
         eager, _ = fn(jnp.asarray(lD), b, h, d)

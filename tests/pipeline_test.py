@@ -83,6 +83,25 @@ def test_a_workdir_resumes_only_the_run_it_holds(shared, tmp_path):
     assert [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")] == [0, 1, 2, 3]
 
 
+def test_an_improved_variant_trains_alongside_on_the_same_ref_and_nora(shared, tmp_path):
+    c = _smoke(indicator, shared)
+    c.alongside.complement_from_ref = _smoke(indicator, shared, "smoke,from_ref,complement")
+    workdir = tmp_path / "main"
+    summary = pipeline.run(c, str(workdir))
+    side = summary["alongside"]["complement_from_ref"]
+    assert (workdir / "alongside" / "complement_from_ref" / "eval.json").exists()
+    assert side["policies"]["ref"] == summary["policies"]["ref"]  # the same Ref, evaluated with the same keys
+    assert side["policies"]["nora"] == summary["policies"]["nora"]
+    report = (workdir / "report.md").read_text()
+    assert "## Side by side, seed 0" in report and "| complement_from_ref |" in report
+    assert ("forgotten" in summary) == ("## Forgotten strategies" in report)
+    records = _lines(workdir / "alongside" / "complement_from_ref" / "metrics.jsonl")[1:]
+    # What the diagnosis reads: the rollouts' strategies, and where the weight acts.
+    assert all("rollout/strategy/sum" in r and "objective/weight_above" in r for r in records)
+    main, other = (json.loads((d / "config.json").read_text()) for d in (workdir, workdir / "alongside" / "complement_from_ref"))
+    assert (other["ref_dir"], other["nora_dir"], other["policy_init"]) == (main["ref_dir"], main["nora_dir"], "ref")
+
+
 def test_clipped_trains_dora(shared, tmp_path):
     workdir = tmp_path / "clipped"
     pipeline.run(_smoke(clipped, shared), str(workdir))

@@ -23,7 +23,7 @@ import tqdm
 from dora_jax.eval import passk
 from dora_jax.rollout.sampler import sample
 from dora_jax.rollout.source import RolloutConfig, row_keys, sampling_options
-from dora_jax.sections import parse, require
+from dora_jax.sections import ConfigError, parse, require
 from dora_jax.tasks import diversity
 
 QUICK_SAMPLES = 4  # samples per problem in a quick evaluation (enough for a per-problem strategy entropy)
@@ -39,6 +39,7 @@ class EvalConfig:
     max_problems: int = 0  # cap on held-out problems in the final evaluation (0 = all)
     batch_rows: int = 0  # rows per sampler call (0 = the training batch's, reusing its compiled program)
     noise_check: bool = False  # evaluate Ref a second time with other keys: the gap of two draws of one model
+    split: str = "eval"  # the task split evaluated: "eval" (held-out) or "validation" (tuning; task.validation_problems)
 
     def __post_init__(self):
         require(self.every >= 0, "every", self.every, "use 0 (only at the end) or a number of updates.")
@@ -55,12 +56,15 @@ class Evaluator:
         self.rollout = parse(RolloutConfig, config.rollout, "rollout")
         # By default every sampler call has the training batch's row count, so evaluation reuses its compiled program.
         self.rows = self.options.batch_rows or self.rollout.prompts_per_step * config.objective.group_size
-        problems = task.splits["eval"]
+        if self.options.split not in task.splits:
+            raise ConfigError(f"config.eval.split={self.options.split!r}: the {task.name} task has no such split "
+                              f"(it has {', '.join(sorted(task.splits))}); a validation split needs "
+                              "config.task.validation_problems > 0.")
+        problems = task.splits[self.options.split]
         if self.options.max_problems:
             problems = problems[: self.options.max_problems]
         self.problems = problems
-        rare = getattr(task, "eval_rare_only", None)
-        self.rare_only = None if rare is None else rare[: len(problems)]  # aligned with self.problems
+        self.rare_only = task.rare_only(problems) if hasattr(task, "rare_only") else None
 
     def sample(self, params, problems, n: int, seed: int, desc: str | None = None) -> dict[str, np.ndarray]:
         """n samples per problem: {"correct", "valid", "strategy", "length"} arrays [len(problems), n], and "tokens"

@@ -59,6 +59,50 @@ def plot_curves(runs: dict[str, list[dict]], out_dir: str) -> list[str]:
     return written
 
 
+def forgotten_share(records: list[dict], strategies) -> tuple[list[int], list[float]]:
+    """Per update, the share of the policy's rollouts that use one of `strategies` (the forgotten ones)."""
+    keys = [f"rollout/strategy/{name}" for name in strategies]
+    points = [(r["step"], sum(r[k] for k in keys)) for r in records if all(k in r for k in keys)]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_diagnosis(records: list[dict], summary: dict, out_dir: str) -> list[str]:
+    """Why a trained policy does or does not rediscover: how often its rollouts hold a forgotten strategy (against
+    Ref's and Nora's held-out shares), and where the Dora weight acts, on above- vs below-average samples."""
+    found = summary.get("forgotten")
+    steps, share = forgotten_share(records, found["strategies"]) if found and found["source"] == "labels" else ([], [])
+    panels = [(f"objective/{k}_above", f"objective/{k}_below", label) for k, label in
+              (("gate", "tokens the gate lets through"), ("weight", "weight summed over tokens / tokens"))]
+    panels = [p for p in panels if _series(records, p[0])[0]]
+    if not steps and not panels:
+        return []
+    fig, axes = plt.subplots(1, 1 + len(panels), figsize=(4.2 * (1 + len(panels)), 3.4), squeeze=False)
+    ax = axes[0][0]
+    if steps:
+        ax.plot(steps, share, label="policy's rollouts")
+        for name, style in (("ref", "--"), ("nora", ":")):
+            mass = found["policies"].get(name, {}).get("mass")
+            if mass is not None:
+                ax.axhline(mass, ls=style, color="grey", label=f"{name} (held-out)")
+        ax.legend(fontsize=7)
+    ax.set_title("samples on forgotten strategies", fontsize=9)
+    for ax, (above, below, label) in zip(axes[0][1:], panels):
+        for key, name in ((above, "above-average samples (A > 0)"), (below, "below-average samples (A < 0)")):
+            ax.plot(*_series(records, key), label=name)
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.set_title(label, fontsize=9)
+        ax.legend(fontsize=7)
+    for ax in axes[0]:
+        ax.set_xlabel("update")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "diagnosis.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
+
+
 def plot_eval(summary: dict, out_dir: str) -> list[str]:
     """pass@k vs k per policy and mixture, and each policy's strategy usage (the Figure-1 picture)."""
     os.makedirs(out_dir, exist_ok=True)

@@ -92,7 +92,8 @@ def write_report(workdir: str, config, summary: dict) -> str:
     p, critic, timing = summary["policies"], summary["critic_score"], summary["timing"]
     k8 = 8 if all("8" in e["pass@k"] for e in p.values()) else min(max(int(x) for x in e["pass@k"]) for e in p.values())
     lines = [f"# {config.name}: {config.objective.loss} on {config.task.name}", "",
-             f"Held-out problems: {summary['num_problems']}, {summary['samples_per_problem']} samples each at "
+             f"{'Validation' if config.eval.get('split') == 'validation' else 'Held-out'} problems: "
+             f"{summary['num_problems']}, {summary['samples_per_problem']} samples each at "
              f"temperature {config.rollout.temperature}. Updates: {config.trainer.num_steps}, lr {config.optim.lr}"
              + "".join(f", {k} {v}" for k, v in _dora_hyperparameters(config.objective)) + "."
              + (f" Training {summary['stopped_early']}" if summary.get("stopped_early") else ""), "",
@@ -173,6 +174,10 @@ def forgotten_section(summary: dict) -> list[str]:
     else:
         lines += ["", f"The task labels no strategies: these are clusters of each problem's samples of all policies "
                       f"together (config.diversity; {found['strategies']} (problem, cluster) pairs are forgotten)."]
+    if found.get("rollouts"):
+        r = found["rollouts"]
+        lines += ["", f"The trained policy's own rollouts used a forgotten strategy in {r['first_update']:.1%} of samples "
+                      f"at its first update and {r['last_10_updates']:.1%} over its last 10 (figures/diagnosis.png)."]
     lines += ["", "| policy | share on forgotten | recovery | correct share on forgotten | correct-only recovery |",
               "|---|---|---|---|---|"]
     for n in names:

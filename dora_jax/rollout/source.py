@@ -183,6 +183,8 @@ class RolloutMaker:
                            trained_policy=0 if self.handover_window else None)
         host_metrics = {"rollout/valid_frac": float(np.mean(valid_B)),
                         "rollout/finished_frac": float(np.mean(rollout.finish_B == 0)), **perf}
+        for i, name in enumerate(self.task.strategy_names):  # what the policy explores, update by update
+            host_metrics[f"rollout/strategy/{name}"] = float(np.mean(strategy_B == i))
         if self.reads_text:
             host_metrics["diversity/fallbacks"] = float(self.diversity.stats.get("fallbacks", 0))
         if self.handover_window:

@@ -20,12 +20,15 @@ class CountdownConfig:
     seed: int = 0  # problem generation and the disjoint SFT / RL / held-out split
     num_problems: int = 3000  # distinct problems before the 55/30/15 split
     sft_samples_per_problem: int = 8  # solutions per SFT problem, templates drawn by their corpus weights
+    validation_problems: int = 0  # RL problems held out as the "validation" split (eval.split) to tune on; 0 = none
 
     def __post_init__(self):
         require(self.num_problems >= 20, "num_problems", self.num_problems,
                 "generate at least 20 problems, so every split holds some.")
         require(self.sft_samples_per_problem >= 1, "sft_samples_per_problem", self.sft_samples_per_problem,
                 "draw at least one solution per SFT problem.")
+        require(0 <= self.validation_problems <= 0.5 * 0.30 * self.num_problems, "validation_problems",
+                self.validation_problems, "hold out at most half of the RL split (30% of num_problems).")
 
 
 class CountdownTask:
@@ -50,9 +53,15 @@ class CountdownTask:
         self.stop_ids = (self.tokenizer.eos_id,)
         self.pad_id = self.tokenizer.pad_id
         self.vocab_size = self.tokenizer.vocab_size
-        solvable = countdown.solvable_matrix(self.splits["eval"])
+        if cfg.validation_problems:  # tuning runs train on the rest of the RL split and evaluate on these
+            rl = self.splits["rl"]
+            self.splits["rl"], self.splits["validation"] = rl[:-cfg.validation_problems], rl[-cfg.validation_problems:]
+
+    @staticmethod
+    def rare_only(problems) -> np.ndarray:
+        """[len(problems)] bool: the problems only rare templates solve."""
         common = np.asarray(countdown.SFT_WEIGHTS) > countdown.RARE_MAX_WEIGHT
-        self.eval_rare_only = ~np.any(solvable & common, axis=1)  # held-out problems only rare templates solve
+        return ~np.any(countdown.solvable_matrix(problems) & common, axis=1)
 
     def problems(self, split: str, start: int, count: int, seed: int) -> list:
         """`count` problems of `split` from position `start` of an endless stream of seeded shuffled epochs."""
