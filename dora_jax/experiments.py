@@ -131,6 +131,6 @@ def evaluate_policies(config, policy_dirs: dict[str, str], out_dir: str) -> dict
     with open(os.path.join(out_dir, "passk.md"), "w") as f:
         f.write(f"# pass@k on {config.task.name} ({summary['num_problems']} problems x "
                 f"{summary['samples_per_problem']} samples; mixtures take k/2 samples from each policy)\n\n")
-        f.write("\n".join(report.passk_table(summary)) + "\n")
+        f.write("\n".join(report.passk_table(summary) + report.forgotten_section(summary)) + "\n")
     plots.plot_eval(summary, os.path.join(out_dir, "figures"))
     return summary

@@ -10,7 +10,8 @@ math, evaluate on any AIME-format file:
         --policy=nora=NORA_HF_DIR --policy=dora=runs/indicator_math/policy --out=runs/eval_aime
 
 Writes OUT/eval.json, OUT/passk.md (pass@k for k = 1, 2, 4, ... up to config.eval.samples, per policy and
-per pair mixed k/2 + k/2) and OUT/figures/{pass_at_k,strategies}.png, and prints the table.
+per pair mixed k/2 + k/2; with policies named ref and nora, the forgotten strategies and each policy's recovery)
+and OUT/figures/{pass_at_k,strategies}.png, and prints the table.
 """
 
 from absl import app, flags
@@ -37,7 +38,7 @@ def main(argv):
             raise app.UsageError(f"--policy={spec!r}: write it as NAME=DIR, e.g. --policy=nora=runs/nora/policy")
         policies[name] = path
     summary = experiments.evaluate_policies(_CONFIG.value, policies, _OUT.value)
-    print("\n".join(report.passk_table(summary)))
+    print("\n".join(report.passk_table(summary) + report.forgotten_section(summary)))
     print(f"Wrote {_OUT.value}/eval.json and {_OUT.value}/passk.md")
 
 

@@ -249,3 +249,12 @@ def test_smollm_grpo_then_dora_on_the_packaged_model(tmp_path):
     assert sample["prompt"].startswith("<|im_start|>system\nSolve the problem")  # the model's own chat template
     assert "Ann has 3 + 4 = 7 pens" in sample["prompt"]  # the worked example turn
     assert "Ref" in (tmp_path / "dora" / "report.md").read_text()
+
+
+def test_compare_overrides_take_the_fields_type_and_an_unknown_field_fails_first(tmp_path):
+    assert experiments._typed(0.3, "0") == 0.0 and isinstance(experiments._typed(0.3, "0"), float)
+    assert experiments._typed(True, "false") is False and experiments._typed(60, "300") == 300
+    assert experiments._typed("eval", "validation") == "validation"
+    with pytest.raises(ConfigError, match="trainer.nope"):
+        experiments.compare({"indicator": indicator.get_config("smoke")}, [0], str(tmp_path), {"trainer.nope": "1"})
+    assert not os.listdir(tmp_path)  # nothing ran
