@@ -9,8 +9,8 @@ report.md (the paper's Tables 1-2 analogues) and figures/ to the workdir. Then t
 report.md ends with both side by side (docs/results.md, "Rediscovering forgotten strategies").
 Variants: `:smoke` (seconds, for tests), `:beta_sweep` (beta in 0.01, 0.1, 1 with overlays),
 `:signed` (psi = exp(A / beta) - 1), `:sequence` (the response's log pi_ref / pi_nora as gate and log-ratio),
-`:complement` (PPO reinforcing only correct responses Ref favours more than Nora), `:from_ref` (Dora starts
-from Ref, uncapped); they combine, e.g. `:from_ref,complement`,
+`:complement` (PPO reinforcing only correct responses Ref favours more than Nora), `:pass_at_k` (the pass@k
+set advantage), `:from_ref` (Dora starts from Ref, uncapped); they combine, e.g. `:from_ref,complement`,
 `:handover` (paper §5.2: responses alternate between Dora and Nora every 2 tokens; Dora learns on hers),
 `:smollm` (a real pretrained model on a CPU: SmolLM2-135M-Instruct from its package, Nora built by GRPO,
 about 50 minutes on 2 cores from nothing; docs/real_model.md),
@@ -60,6 +60,8 @@ def get_config(arg=None):
         c.objective = common.objective("dora_sequence", keep=c.objective)
     if "complement" in v:  # PPO whose positive advantages go only to responses Ref favours more than Nora
         c.objective = common.objective("dora_complement", keep=c.objective)
+    if "pass_at_k" in v:  # the pass@k set advantage (subsets of 4 of a group of 8) in place of GRPO's
+        c.objective = common.objective(c.objective.loss, "pass_at_k", keep=c.objective)
     if "from_ref" in v:  # Dora starts from Ref, who still holds what Nora forgot
         c.policy_init = "ref"
         c.trainer.stop_kl = 0.0  # Ref is already ~1 nat per token from Nora: a cap to Nora does not apply

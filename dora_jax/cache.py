@@ -20,7 +20,8 @@ def cache_key(config) -> str:
     c = copy.deepcopy(config)
     c.cache_dir, c.trainer.progress = "", True
     if "alongside" in c:  # runs after this one; they do not change it
-        del c["alongside"]
+        with c.unlocked():  # launch/train.py locks the config (and deepcopy keeps the lock)
+            del c["alongside"]
     return hashlib.sha256(c.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:10]
 
 

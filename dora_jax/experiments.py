@@ -10,6 +10,7 @@ Each run is `dora_jax.pipeline.run`; the policies a run builds are shared throug
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import os
@@ -48,6 +49,8 @@ def sweep(config, workdir: str) -> dict:
     for value in values.split(","):
         c = copy.deepcopy(config)
         c.sweep = ""
+        if field != "seed" and c.get("alongside"):  # the same side run for every value: run it once, not here
+            c.alongside = type(c.alongside)()
         if field == "seed":
             cache.reseed(c, int(value))
         else:
@@ -77,7 +80,7 @@ def compare(configs: dict[str, Any], seeds: list[int], workdir: str, overrides: 
             for field, value in (overrides or {}).items():  # strings from the command line take the field's type
                 section = c
                 for part in field.split(".")[:-1]:
-                    section = section[part]
+                    section = section.get(part, {})
                 leaf = field.split(".")[-1]
                 if leaf not in section:
                     raise ConfigError(f"{field}={value!r}: the {label} config has no field {field!r}.")
@@ -101,7 +104,12 @@ def _typed(current, value):
         return value
     if isinstance(current, bool):
         return value.lower() in ("1", "true", "yes")
-    return type(current)(value)
+    if isinstance(current, (int, float)):
+        return type(current)(value)
+    try:  # None, tuples, lists: a Python literal, else the string itself
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
 
 
 def evaluate_policies(config, policy_dirs: dict[str, str], out_dir: str) -> dict:

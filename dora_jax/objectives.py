@@ -327,7 +327,7 @@ def _finish(pg_loss: jax.Array, logp_BxT: jax.Array, b: LossBatch, hp: Any, deno
 
 def _by_outcome(name: str, x_BxT: jax.Array, adv_B: jax.Array, mask_BxT: jax.Array,
                 denoms: Denoms) -> dict[str, jax.Array]:
-    """`name`/above and `name`/below: x summed over the tokens of above- and below-average samples (A > 0, A < 0),
+    """`name`_above and `name`_below: x summed over the tokens of above- and below-average samples (A > 0, A < 0),
     over all tokens (so the two add up to the token-mean over A != 0): where a Dora weight pushes."""
     adv_BxT = _per_token(adv_B, x_BxT)
     return {f"{name}_above": _token_mean(x_BxT * (adv_BxT > 0), mask_BxT, denoms),
@@ -412,7 +412,8 @@ def dora_indicator_loss(logp_BxT: jax.Array, b: LossBatch, hp: Any,
     """Dora, paper Formulation 2 (the default), S = E[1(lR - lN > 0) lD C(psi (lR - lN), delta)] (docs/design.md §3.2):
 
     w_t = sg(1(lR_t - lN_t > 0) clip(psi_t (lR_t - lN_t), -delta, delta));
-    loss = -agg(w min(rho, clip(rho, 1 - eps_low, 1 + eps_high))), so at rho = 1 the gradient is -agg(w grad lD).
+    loss = -agg(min(rho w, clip(rho, 1 - eps_low, 1 + eps_high) w)) (= w min(rho, clip(rho)) for w >= 0), so at
+    rho = 1 the gradient is -agg(w grad lD).
     """
     mask_BxT = b["mask_BxT"]
     log_ratio_BxT = b["logp_ref_BxT"] - b["logp_nora_BxT"]
@@ -420,9 +421,8 @@ def dora_indicator_loss(logp_BxT: jax.Array, b: LossBatch, hp: Any,
     gate_BxT = log_ratio_BxT > 0
     delta = hp.delta
     w_BxT = gate_BxT * jnp.clip(psi_BxT * log_ratio_BxT, -delta, delta)
-    rho_BxT = _ratio(logp_BxT, b["logp_old_BxT"])
-    pg_loss = -agg(w_BxT * jnp.minimum(rho_BxT, _clip_ratio(rho_BxT, hp)), mask_BxT,
-                   hp.agg, denoms)
+    # = w min(rho, clip(rho)) for w >= 0; the pessimistic bound also for a signed psi's negative weights
+    pg_loss = -agg(_ppo_surrogate(_ratio(logp_BxT, b["logp_old_BxT"]), w_BxT, hp), mask_BxT, hp.agg, denoms)
     metrics = {
         "indicator_frac": _token_mean(gate_BxT, mask_BxT, denoms),
         "weight_mean": _token_mean(w_BxT, mask_BxT, denoms),
@@ -446,15 +446,15 @@ def dora_sequence_loss(logp_BxT: jax.Array, b: LossBatch, hp: Any,
     whole response, so the gate and the log-ratio are the response's, D_i = log pi_ref(y_i) / pi_nora(y_i):
 
     w_i = sg(1(D_i > 0) clip(psi_i D_i, -delta, delta)) on every token of response i;
-    loss = -agg(w min(rho, clip(rho, 1 - eps_low, 1 + eps_high))).
+    loss = -agg(min(rho w, clip(rho, 1 - eps_low, 1 + eps_high) w)). D_i sums over tokens, so it is often
+    several nats and psi_i D_i reaches the clip: the weight is then delta (or -delta under a signed psi).
     """
     mask_BxT = b["mask_BxT"]
     d_B = _sequence_log_ratio(b)
     psi_BxT = psi(b["adv_B"], b["logp_ref_BxT"], hp)
     gate_BxT = _per_token(d_B > 0, logp_BxT)
     w_BxT = gate_BxT * jnp.clip(psi_BxT * _per_token(d_B, logp_BxT), -hp.delta, hp.delta)
-    rho_BxT = _ratio(logp_BxT, b["logp_old_BxT"])
-    pg_loss = -agg(w_BxT * jnp.minimum(rho_BxT, _clip_ratio(rho_BxT, hp)), mask_BxT, hp.agg, denoms)
+    pg_loss = -agg(_ppo_surrogate(_ratio(logp_BxT, b["logp_old_BxT"]), w_BxT, hp), mask_BxT, hp.agg, denoms)
     metrics = {
         "indicator_frac": _token_mean(gate_BxT, mask_BxT, denoms),
         "weight_mean": _token_mean(w_BxT, mask_BxT, denoms),

@@ -78,8 +78,10 @@ def run_alongside(config, workdir: str, summary: dict) -> dict:
     seed, summaries = config.seed, {config.name: {config.seed: summary}}
     for label, other in config.alongside.items():
         c = copy.deepcopy(other)
-        c.seed, c.task, c.eval, c.cache_dir = config.seed, copy.deepcopy(config.task), copy.deepcopy(config.eval), config.cache_dir
-        c.ref_dir, c.nora_dir, c.build = config.ref_dir, config.nora_dir, type(c.build)()
+        c.seed, c.cache_dir, c.ref_dir, c.nora_dir = config.seed, config.cache_dir, config.ref_dir, config.nora_dir
+        for section in ("task", "eval", "model", "mesh", "rollout"):  # the same problems, model and sampling
+            c[section] = copy.deepcopy(config[section])
+        c.build = type(c.build)()
         summaries[label] = {seed: run(c, os.path.join(workdir, "alongside", label))}
     text = report.compare_table(summaries, [seed]).replace("# Comparison over seeds", "# Side by side, seed", 1)
     if distributed.is_chief():

@@ -154,18 +154,20 @@ def _plot_recovery(runs: dict[str, list[tuple[dict, str]]], out_dir: str) -> lis
     points = {label: [(r, a) for r, a in pts if r is not None] for label, pts in points.items()}
     if not any(points.values()):
         return []
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for label, pts in points.items():
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    colors = plt.get_cmap("tab20").colors  # distinct colours for up to 20 methods
+    for i, (label, pts) in enumerate(points.items()):
         if not pts:
             continue
         r, a = np.array(pts).T
-        (line,) = ax.plot(r, a, "o", alpha=0.4, ms=4)
-        ax.plot(r.mean(), a.mean(), "D", color=line.get_color(), ms=7, label=label)
+        color = colors[(2 * i) % 20 + (2 * i) // 20]  # the dark shades first, then the light ones
+        ax.plot(r, a, "o", alpha=0.4, ms=4, color=color)
+        ax.plot(r.mean(), a.mean(), "D", color=color, ms=7, label=label)
     ax.axvline(0.5, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("recovery of forgotten strategies (0 = Nora, 1 = Ref)")
     ax.set_ylabel("pass@1 (held-out)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path = os.path.join(out_dir, "compare_recovery.png")
     fig.savefig(path, dpi=120)
