@@ -19,9 +19,10 @@ def cache_key(config) -> str:
     """Hash of everything that changes a built policy (not where it is cached or how progress is shown)."""
     c = copy.deepcopy(config)
     c.cache_dir, c.trainer.progress = "", True
-    if "alongside" in c:  # runs after this one; they do not change it
-        with c.unlocked():  # launch/train.py locks the config (and deepcopy keeps the lock)
-            del c["alongside"]
+    for part in with_builds(c):  # runs after a build do not change it
+        if "alongside" in part:
+            with part.unlocked():  # launch/train.py locks the config (and deepcopy keeps the lock)
+                del part["alongside"]
     return hashlib.sha256(c.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -75,7 +75,7 @@ def run(config, workdir: str) -> dict:
 def run_alongside(config, workdir: str, summary: dict) -> dict:
     """Runs each config of `config.alongside` ({label: config}) on the same Ref and Nora (same seed and task) in
     WORKDIR/alongside/<label>, then appends a side-by-side table (report.compare_table) to report.md."""
-    seed, summaries = config.seed, {config.name: {config.seed: summary}}
+    seed, summaries = config.seed, {f"{config.name} ({config.objective.loss})": {config.seed: summary}}
     for label, other in config.alongside.items():
         c = copy.deepcopy(other)
         c.seed, c.cache_dir, c.ref_dir, c.nora_dir = config.seed, config.cache_dir, config.ref_dir, config.nora_dir
@@ -84,11 +84,12 @@ def run_alongside(config, workdir: str, summary: dict) -> dict:
         c.build = type(c.build)()
         summaries[label] = {seed: run(c, os.path.join(workdir, "alongside", label))}
     text = report.compare_table(summaries, [seed]).replace("# Comparison over seeds", "# Side by side, seed", 1)
+    text = text.replace(" (mean ± sample std)", "", 1)
     if distributed.is_chief():
         with open(os.path.join(workdir, "report.md"), "a") as f:
             f.write("\n" + text.replace("\n# ", "\n## ", 1).replace("# Side", "## Side", 1))
         print(text)
-    return {label: per_seed[seed] for label, per_seed in summaries.items() if label != config.name}
+    return {label: per_seed[seed] for label, per_seed in list(summaries.items())[1:]}
 
 
 # Sections every config has, with the class that checks them; `sft` and `distill` are checked when used.
