@@ -4,6 +4,7 @@
     experiments.sweep(config, workdir)          # one run per value of config.sweep, overlays, sweep.md
     experiments.compare({"indicator": c1, "polyepo": c2}, seeds=[0, 1, 2], workdir=...)   # compare.md
     experiments.evaluate_policies(config, {"nora": DIR, "dora": DIR}, out_dir)          # passk.md
+    experiments.gate_by_token_kind(workdir)     # where a finished run's Dora gate opens, by kind of token
 
 Each run is `dora_jax.pipeline.run`; the policies a run builds are shared through the cache.
 """
@@ -16,10 +17,16 @@ import json
 import os
 from typing import Any
 
-from dora_jax import cache, distributed, pipeline, tasks
+import jax
+import ml_collections
+import numpy as np
+
+from dora_jax import cache, distributed, pipeline, scoring, tasks
 from dora_jax.eval import plots, report
+from dora_jax.cache import POLICY_DIR
 from dora_jax.eval.evaluate import Evaluator
 from dora_jax.models import checkpoint, gguf_io
+from dora_jax.rollout.source import RolloutMaker
 from dora_jax.sections import ConfigError
 
 
@@ -142,3 +149,51 @@ def evaluate_policies(config, policy_dirs: dict[str, str], out_dir: str) -> dict
         f.write("\n".join(report.passk_table(summary) + report.forgotten_section(summary)) + "\n")
     plots.plot_eval(summary, os.path.join(out_dir, "figures"))
     return summary
+
+
+def gate_by_token_kind(workdir: str, batches: int = 2) -> dict:
+    """Where the Dora gate 1(lR > lN) opens, by kind of token, in a finished run (`launch/diagnose.py`).
+
+    Rollouts are drawn from Nora (where Dora starts) and from the trained policy on the RL split, as training
+    draws them; each response token is scored under Ref and Nora and classified by the task (`task.token_kinds`;
+    Countdown: operators and parentheses fix the template, numbers fill it).
+
+    Returns {policy: {kind: {"tokens", "gate_rate", "gated_share", "gate_rate_correct", "gate_rate_wrong"}}} for
+    `batches` rollout batches of Nora and of the run's trained policy: the share of response tokens of each kind,
+    how often the gate opens on them (over all, correct and wrong samples), and their share of all gated tokens."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    task = pipeline.load_task(config)
+    if not hasattr(task, "token_kinds"):
+        raise ValueError(f"the {task.name} task does not classify tokens (token_kinds); the gate can only be "
+                         "split by token kind on a task that does, such as countdown.")
+    trees = {name: checkpoint.load_policy(path, config.model)
+             for name, path in (("ref", config.ref_dir), ("nora", config.nora_dir),
+                                ("trained", os.path.join(workdir, POLICY_DIR)))}
+    model_config = trees["ref"].config
+    maker = RolloutMaker(task, model_config, config)
+    score = jax.jit(lambda params, tokens, mask, start: scoring.token_logprobs(
+        model_config, params, tokens, mask, temperature=config.rollout.temperature, kl=None, entropy_of=(),
+        score_from=start), static_argnums=3)
+    out = {}
+    for policy in ("nora", "trained"):
+        gate, kinds, correct, keep = [], [], [], []
+        for position in range(batches):
+            batch = maker.make(position, trees[policy].params).batch
+            start = batch.tokens_BxT.shape[1] - config.rollout.max_new_tokens
+            lp = score({"ref": trees["ref"].params, "nora": trees["nora"].params}, batch.tokens_BxT, batch.mask_BxT,
+                       start)
+            gate.append(np.asarray(lp["ref"] - lp["nora"]) > 0)
+            kinds.append(task.token_kinds(batch.tokens_BxT))
+            correct.append(np.broadcast_to((batch.rewards_B > 0)[:, None], batch.tokens_BxT.shape))
+            keep.append(batch.response_mask_BxT > 0)
+        gate, kinds, correct, keep = (np.concatenate(x) for x in (gate, kinds, correct, keep))
+        opened = gate & keep
+        out[policy] = {}
+        for k, name in enumerate(task.token_kind_names):
+            of_kind = keep & (kinds == k)
+            rate = lambda m: float(opened[m].mean()) if m.any() else None  # noqa: E731
+            out[policy][name] = {"tokens": float(of_kind.sum() / keep.sum()), "gate_rate": rate(of_kind),
+                                 "gated_share": float((opened & of_kind).sum() / max(opened.sum(), 1)),
+                                 "gate_rate_correct": rate(of_kind & correct), "gate_rate_wrong": rate(of_kind & ~correct)}
+    return out

@@ -98,6 +98,11 @@ def test_an_improved_variant_trains_alongside_on_the_same_ref_and_nora(shared, t
     records = _lines(workdir / "alongside" / "complement_from_ref" / "metrics.jsonl")[1:]
     # What the diagnosis reads: the rollouts' strategies, and where the weight acts.
     assert all("rollout/strategy/sum" in r and "objective/weight_above" in r for r in records)
+    table = experiments.gate_by_token_kind(str(workdir), batches=1)  # launch/diagnose.py's table
+    assert set(table) == {"nora", "trained"} and set(table["nora"]) == {"operator", "parenthesis", "number", "end"}
+    for kinds in table.values():
+        assert 0.5 < sum(e["tokens"] for e in kinds.values()) <= 1 + 1e-6
+        assert sum(e["gated_share"] for e in kinds.values()) <= 1 + 1e-6
     main, other = (json.loads((d / "config.json").read_text()) for d in (workdir, workdir / "alongside" / "complement_from_ref"))
     assert (other["ref_dir"], other["nora_dir"], other["policy_init"]) == (main["ref_dir"], main["nora_dir"], "ref")
 

@@ -291,3 +291,14 @@ def compare_table(summaries: dict[str, dict[int, dict]], seeds: list[int]) -> st
         lines.append(f"| {label} | " + " | ".join(f"{sum(bool(fn(s, trained_policy(s))) for s in done)}/{len(done)}"
                                                   for fn in tests.values()) + " |")
     return "\n".join(lines) + "\n"
+
+
+def gate_table(table: dict) -> str:
+    """experiments.gate_by_token_kind's table as markdown, one row per (policy, token kind)."""
+    lines = ["| rollouts of | token kind | share of tokens | gate opens | on correct samples | on wrong samples "
+             "| share of opened gates |", "|---|---|---|---|---|---|---|"]
+    for policy, kinds in table.items():
+        label = "Nora (Dora's start)" if policy == "nora" else "the trained policy"
+        lines += [f"| {label} | {kind} | {e['tokens']:.3f} | {fmt(e['gate_rate'])} | {fmt(e['gate_rate_correct'])} | "
+                  f"{fmt(e['gate_rate_wrong'])} | {e['gated_share']:.3f} |" for kind, e in kinds.items()]
+    return "\n".join(lines) + "\n"

@@ -78,6 +78,22 @@ class CountdownTask:
     def sft_examples(self, seed: int) -> list[tuple[list[int], list[int], int]]:
         return countdown.sft_corpus(self.splits["sft"], seed, self.cfg.sft_samples_per_problem)
 
+    # Token kinds of a response: the operators and parentheses fix the template (the strategy); numbers fill it.
+    token_kind_names = ("operator", "parenthesis", "number", "end")
+
+    def token_kinds(self, ids: np.ndarray) -> np.ndarray:
+        """Each token id's kind, an index into `token_kind_names` (-1: padding / special)."""
+        t = self.tokenizer
+        ops = np.array([t.id_of[o] for o in countdown.OPS])
+        parens = np.array([t.id_of["("], t.id_of[")"]])
+        ids = np.asarray(ids)
+        kinds = np.full(ids.shape, -1, np.int32)
+        kinds[ids >= t.id_of["0"]] = 2
+        kinds[np.isin(ids, ops)] = 0
+        kinds[np.isin(ids, parens)] = 1
+        kinds[ids == t.eos_id] = 3
+        return kinds
+
     def strategy_name(self, strategy: int) -> str:
         """A strategy id's name; -1 (no template matched: malformed, or a correct non-canonical form) is "invalid/other"."""
         return self.strategy_names[strategy] if 0 <= strategy < len(self.strategy_names) else "invalid/other"
