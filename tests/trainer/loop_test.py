@@ -250,6 +250,7 @@ def test_the_kl_cap_keeps_the_policy_whose_kl_tripped_it():
         state, metrics = update(state, frozen, batch)
         applied.append(float(metrics["update/applied"]))
     assert applied == [1.0, 0.0, 0.0]  # the first starts at Nora (KL 0); after it the policy is over the cap
+    assert float(metrics["update_norm"]) == 0.0
     assert float(metrics["kl/policy_nora_token"]) > 1e-4
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)))
 
