@@ -5,12 +5,14 @@
 On the embedded default, a missing pi_ref (configs/ref_sft.py) and Nora (configs/nora_grpo.py)
 are built first and cached under config.cache_dir. The run writes metrics, samples, eval.json,
 report.md (the paper's Tables 1-2 analogues) and figures/ to the workdir. Then the improved variant
-`:from_ref,complement` trains on the same Ref and Nora in WORKDIR/alongside/complement_from_ref, and
-report.md ends with both side by side (docs/results.md, "Rediscovering forgotten strategies").
+`:from_ref,grpo,nora_reward` (GRPO from Ref on rewards scaled by Nora's failure rate on each problem) trains
+on the same Ref and Nora in WORKDIR/alongside/nora_reward_from_ref, and report.md ends with both side by
+side (docs/results.md, "Rediscovering forgotten strategies").
 Variants: `:smoke` (seconds, for tests), `:beta_sweep` (beta in 0.01, 0.1, 1 with overlays),
 `:signed` (psi = exp(A / beta) - 1), `:sequence` (the response's log pi_ref / pi_nora as gate and log-ratio),
 `:complement` (PPO reinforcing only correct responses Ref favours more than Nora), `:pass_at_k` (the pass@k
-set advantage), `:from_ref` (Dora starts from Ref, uncapped); they combine, e.g. `:from_ref,complement`,
+set advantage), `:grpo` (plain GRPO), `:nora_reward` (rewards times Nora's failure rate on the problem, from 8
+of her samples), `:from_ref` (Dora starts from Ref, uncapped); they combine, e.g. `:from_ref,grpo,nora_reward`,
 `:handover` (paper §5.2: responses alternate between Dora and Nora every 2 tokens; Dora learns on hers),
 `:smollm` (a real pretrained model on a CPU: SmolLM2-135M-Instruct from its package, Nora built by GRPO,
 about 50 minutes on 2 cores from nothing; docs/real_model.md),
@@ -60,13 +62,18 @@ def get_config(arg=None):
         c.objective = common.objective("dora_sequence", keep=c.objective)
     if "complement" in v:  # PPO whose positive advantages go only to responses Ref favours more than Nora
         c.objective = common.objective("dora_complement", keep=c.objective)
+    if "grpo" in v:  # plain GRPO (PPO on the group advantage), with the KL to Nora logged
+        c.objective = common.objective("grpo", keep=c.objective)
+        c.objective.log_kl_nora = True
+    if "nora_reward" in v:  # complementarity reward: r x (1 - Nora's success on the problem, from 8 of her samples)
+        c.objective.nora_samples = 8
     if "pass_at_k" in v:  # the pass@k set advantage (subsets of 4 of a group of 8) in place of GRPO's
         c.objective = common.objective(c.objective.loss, "pass_at_k", keep=c.objective)
     if "from_ref" in v:  # Dora starts from Ref, who still holds what Nora forgot
         c.policy_init = "ref"
         c.trainer.stop_kl = 0.0  # Ref is already ~1 nat per token from Nora: a cap to Nora does not apply
     if not v - {"seeds"}:  # the main command: the improved variant trains after it, on the same Ref and Nora
-        c.alongside.complement_from_ref = get_config("from_ref,complement")
+        c.alongside.nora_reward_from_ref = get_config("from_ref,grpo,nora_reward")
     if "handover" in common.variants(arg):
         # Paper §5.2: Dora and Nora alternate every 2 tokens within each response; Dora's loss
         # covers her own windows only (Countdown answers are 5-9 tokens).

@@ -77,6 +77,7 @@ class ObjectiveConfig:
     set_size: int = 4  # n of set advantages (poly_epo, pass_at_k)
     diversity_bonus: float = 0.5  # lambda of the grpo_diversity advantage (novel correct strategies)
     nora_push: float = 0.0  # dora_complement: advantage taken from responses inside Nora's modes (D <= 0)
+    nora_samples: int = 0  # dora_complement: Nora's samples per prompt; reward x (1 - her success there) (0 = off)
 
     def __post_init__(self):
         require(self.loss in LOSSES, "loss", self.loss, f"use a registered loss: {', '.join(sorted(LOSSES))}.")
@@ -91,6 +92,7 @@ class ObjectiveConfig:
         require(0 <= self.eps_low < 1 and self.eps_high >= 0, "eps_low", (self.eps_low, self.eps_high),
                 "PPO clip widths must satisfy 0 <= eps_low < 1 and eps_high >= 0.")
         require(self.beta_kl >= 0, "beta_kl", self.beta_kl, "the KL weight cannot be negative.")
+        require(self.nora_samples >= 0, "nora_samples", self.nora_samples, "use 0 (off) or Nora's samples per prompt.")
         if "set_size" in ADVANTAGES[self.advantage].reads:
             require(1 <= self.set_size <= self.group_size, "set_size", self.set_size,
                     f"set advantages need 1 <= set_size <= group_size ({self.group_size}).")
@@ -466,7 +468,7 @@ def dora_sequence_loss(logp_BxT: jax.Array, b: LossBatch, hp: Any,
     return _finish(pg_loss, logp_BxT, b, hp, denoms, metrics)
 
 
-@register_loss("dora_complement", reads=_PG + ("nora_push",))
+@register_loss("dora_complement", reads=_PG + ("nora_push", "nora_samples"))
 def dora_complement_loss(logp_BxT: jax.Array, b: LossBatch, hp: Any,
                          denoms: Denoms) -> tuple[jax.Array, dict[str, jax.Array]]:
     """PPO on a complementarity advantage (docs/design.md §3.2): an above-average response is reinforced only when
@@ -475,7 +477,8 @@ def dora_complement_loss(logp_BxT: jax.Array, b: LossBatch, hp: Any,
 
     A'_i = (A_i 1(D_i > 0) if A_i > 0 else A_i) - nora_push 1(D_i <= 0);
     loss = -agg(min(rho A', clip(rho, 1 - eps_low, 1 + eps_high) A')). nora_push > 0 also pushes Dora out of
-    Nora's modes (by default 0: they are only not reinforced).
+    Nora's modes (by default 0: they are only not reinforced). nora_samples > 0 makes the rollout source sample
+    Nora on each prompt and scale the rewards by (1 - her success rate there) before the advantage.
     """
     mask_BxT = b["mask_BxT"]
     d_B = _sequence_log_ratio(b)

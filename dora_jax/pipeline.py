@@ -284,7 +284,8 @@ def _sft_batches(config, task, trainer, evaluator, teacher):
 def _inline_rollouts(config, task, trainer, evaluator, teacher):
     del evaluator, teacher
     return InlineRollouts(task, trainer.model_config, config, trainer.samples_path,
-                          nora_params=trainer.frozen["nora"] if config.rollout.handover_window else None)
+                          nora_params=trainer.frozen["nora"] if (config.rollout.handover_window
+                                                                 or config.objective.get("nora_samples")) else None)
 
 
 def _process_rollouts(config, task, trainer, evaluator, teacher):

@@ -85,25 +85,28 @@ def test_a_workdir_resumes_only_the_run_it_holds(shared, tmp_path):
 
 def test_an_improved_variant_trains_alongside_on_the_same_ref_and_nora(shared, tmp_path):
     c = _smoke(indicator, shared)
-    c.alongside.complement_from_ref = _smoke(indicator, shared, "smoke,from_ref,complement")
+    c.alongside.nora_reward_from_ref = _smoke(indicator, shared, "smoke,from_ref,complement,nora_reward")
     workdir = tmp_path / "main"
     summary = pipeline.run(c, str(workdir))
-    side = summary["alongside"]["complement_from_ref"]
-    assert (workdir / "alongside" / "complement_from_ref" / "eval.json").exists()
+    side = summary["alongside"]["nora_reward_from_ref"]
+    assert (workdir / "alongside" / "nora_reward_from_ref" / "eval.json").exists()
     assert side["policies"]["ref"] == summary["policies"]["ref"]  # the same Ref, evaluated with the same keys
     assert side["policies"]["nora"] == summary["policies"]["nora"]
     report = (workdir / "report.md").read_text()
-    assert "## Side by side, seed 0" in report and "| complement_from_ref |" in report
+    assert "## Side by side, seed 0" in report and "| nora_reward_from_ref |" in report
     assert ("forgotten" in summary) == ("## Forgotten strategies" in report)
-    records = _lines(workdir / "alongside" / "complement_from_ref" / "metrics.jsonl")[1:]
+    records = _lines(workdir / "alongside" / "nora_reward_from_ref" / "metrics.jsonl")[1:]
     # What the diagnosis reads: the rollouts' strategies, and where the weight acts.
     assert all("rollout/strategy/sum" in r and "objective/weight_above" in r for r in records)
+    # The complementarity reward: Nora sampled on each prompt, rewards scaled by her failure rate there.
+    assert all(0 <= r["rollout/nora_success"] <= 1 and r["reward/mean"] <= r["rollout/reward_before_complement"] + 1e-6
+               for r in records)
     table = experiments.gate_by_token_kind(str(workdir), batches=1)  # launch/diagnose.py's table
     assert set(table) == {"nora", "trained"} and set(table["nora"]) == {"operator", "parenthesis", "number", "end"}
     for kinds in table.values():
         assert 0.5 < sum(e["tokens"] for e in kinds.values()) <= 1 + 1e-6
         assert sum(e["gated_share"] for e in kinds.values()) <= 1 + 1e-6
-    main, other = (json.loads((d / "config.json").read_text()) for d in (workdir, workdir / "alongside" / "complement_from_ref"))
+    main, other = (json.loads((d / "config.json").read_text()) for d in (workdir, workdir / "alongside" / "nora_reward_from_ref"))
     assert (other["ref_dir"], other["nora_dir"], other["policy_init"]) == (main["ref_dir"], main["nora_dir"], "ref")
 
 

@@ -86,7 +86,7 @@ def _sampler_main(config_json: str, model_config_json: str, shm_name: str, locks
         layout = _Layout(model_config)
         shm = shared_memory.SharedMemory(name=shm_name)
         nora = None
-        if config.rollout.handover_window:  # handover samples with Nora too: load her here
+        if config.rollout.handover_window or config.objective.get("nora_samples"):  # these sample Nora too
             nora = jax.device_put(checkpoint.load_policy(config.nora_dir, config.model).params)
         maker = RolloutMaker(make_task(config.task), model_config, config, nora_params=nora)
         newest, params, loaded = -1, None, -1

@@ -25,7 +25,7 @@ import numpy as np
 import tqdm
 from jax.sharding import PartitionSpec as P
 
-from dora_jax import distributed
+from dora_jax import distributed, objectives
 from dora_jax.batch import RolloutBatch
 from dora_jax.models.lm import boxed_shapes
 from dora_jax.tasks.diversity import make_diversity
@@ -152,9 +152,10 @@ class RolloutMaker:
         self.rules = tuple(tuple(r) for r in config.mesh.rules)  # how rows and activations lie on the params' mesh
         # Handover (paper §5.2): windows of w tokens alternate between the policy and Nora; it learns on its own.
         self.handover_window = self.rollout.handover_window
-        if self.handover_window and nora_params is None:
-            raise ValueError("config.rollout.handover_window > 0 needs Nora's parameters in the sampler; "
-                             "set config.nora_dir.")
+        self.nora_samples = objectives.parse_config(config.objective).nora_samples  # the complementarity reward
+        if (self.handover_window or self.nora_samples) and nora_params is None:
+            raise ValueError("config.rollout.handover_window > 0 and config.objective.nora_samples > 0 need Nora's "
+                             "parameters in the sampler; set config.nora_dir.")
         self.nora_params = nora_params
         self.diversity = make_diversity(config.diversity)
         # Functions that read the responses (embedding, LLM judge) get them decoded; task labels do not.
@@ -175,6 +176,9 @@ class RolloutMaker:
         rollout = jax.device_get(rollout)
         sampled = time.perf_counter()
         rewards_B, valid_B, strategy_B = self.task.score(problems, rollout.tokens_BxN)
+        nora_metrics = {}
+        if self.nora_samples:
+            rewards_B, nora_metrics = self._complement(problems, prompt_QxP, mask_QxP, position, rewards_B)
         new_tokens = float(np.sum(rollout.mask_BxN))
         perf = {"perf/sample_s": sampled - start, "perf/sample_tokens_per_s": new_tokens / max(sampled - start, 1e-9),
                 "perf/reward_s": time.perf_counter() - sampled}
@@ -182,7 +186,7 @@ class RolloutMaker:
         batch = pack_batch(prompt_BxP, mask_BxP, rollout, rewards_B, clusters_B,
                            trained_policy=0 if self.handover_window else None)
         host_metrics = {"rollout/valid_frac": float(np.mean(valid_B)),
-                        "rollout/finished_frac": float(np.mean(rollout.finish_B == 0)), **perf}
+                        "rollout/finished_frac": float(np.mean(rollout.finish_B == 0)), **perf, **nora_metrics}
         for i, name in enumerate(self.task.strategy_names):  # what the policy explores, update by update
             host_metrics[f"rollout/strategy/{name}"] = float(np.mean(strategy_B == i))
         if self.reads_text:
@@ -198,6 +202,22 @@ class RolloutMaker:
                         "strategy": self.task.strategy_name(int(strategy_B[g]))} for g in range(G)]
         return MadeBatch(batch, host_metrics, samples)
 
+
+    def _complement(self, problems, prompt_QxP, mask_QxP, position: int, rewards_B: np.ndarray):
+        """The complementarity reward: each reward times (1 - Nora's success rate on its problem), estimated from
+        objective.nora_samples samples of Nora per prompt (drawn with keys of their own). A problem Nora already
+        solves is worth little to her explorer; one she fails keeps its full reward."""
+        c, K = self.config, self.nora_samples
+        Q = len(problems)
+        nora = sample(self.model_config, (self.nora_params,), np.repeat(prompt_QxP, K, axis=0),
+                      np.repeat(mask_QxP, K, axis=0), row_keys(c.seed + 40_000, position, Q * K), rules=self.rules,
+                      group=K, **sampling_options(self.rollout, self.task))
+        nora_rewards, _, _ = self.task.score(problems, jax.device_get(nora).tokens_BxN)
+        success_Q = (np.asarray(nora_rewards) > 0).reshape(Q, K).mean(axis=1)
+        G = len(rewards_B) // Q
+        shaped_B = np.asarray(rewards_B, np.float32) * np.repeat(1.0 - success_Q, G)
+        return shaped_B, {"rollout/nora_success": float(success_Q.mean()),
+                          "rollout/reward_before_complement": float(np.mean(rewards_B))}
 
     def _clusters(self, prompt_QxP, mask_QxP, rollout: Rollout, strategy_B: np.ndarray) -> np.ndarray:
         """Strategy cluster ids of each group's responses from the configured diversity function."""
