@@ -25,7 +25,7 @@ import numpy as np
 import tqdm
 from jax.sharding import PartitionSpec as P
 
-from dora_jax import distributed, objectives
+from dora_jax import distributed
 from dora_jax.batch import RolloutBatch
 from dora_jax.models.lm import boxed_shapes
 from dora_jax.tasks.diversity import make_diversity
@@ -152,7 +152,8 @@ class RolloutMaker:
         self.rules = tuple(tuple(r) for r in config.mesh.rules)  # how rows and activations lie on the params' mesh
         # Handover (paper §5.2): windows of w tokens alternate between the policy and Nora; it learns on its own.
         self.handover_window = self.rollout.handover_window
-        self.nora_samples = objectives.parse_config(config.objective).nora_samples  # the complementarity reward
+        # The complementarity reward (objective.nora_samples, checked with the objective section).
+        self.nora_samples = int(config.objective.get("nora_samples", 0))
         if (self.handover_window or self.nora_samples) and nora_params is None:
             raise ValueError("config.rollout.handover_window > 0 and config.objective.nora_samples > 0 need Nora's "
                              "parameters in the sampler; set config.nora_dir.")
