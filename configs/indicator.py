@@ -65,13 +65,13 @@ def get_config(arg=None):
     if "grpo" in v:  # plain GRPO (PPO on the group advantage), with the KL to Nora logged
         c.objective = common.objective("grpo", keep=c.objective)
         c.objective.log_kl_nora = True
-    if "nora_reward" in v:  # complementarity reward: r x (1 - Nora's success on the problem, from 8 of her samples)
-        c.objective.nora_samples = 8
     if "pass_at_k" in v:  # the pass@k set advantage (subsets of 4 of a group of 8) in place of GRPO's
         c.objective = common.objective(c.objective.loss, "pass_at_k", keep=c.objective)
     if "from_ref" in v:  # Dora starts from Ref, who still holds what Nora forgot
         c.policy_init = "ref"
         c.trainer.stop_kl = 0.0  # Ref is already ~1 nat per token from Nora: a cap to Nora does not apply
+    if "nora_reward" in v:  # complementarity reward: r x (1 - Nora's success on the problem, from 8 of her samples)
+        c.objective.nora_samples = 8  # after every variant that rebuilds the objective section
     if not v - {"seeds"}:  # the main command: the improved variant trains after it, on the same Ref and Nora
         c.alongside.nora_reward_from_ref = get_config("from_ref,grpo,nora_reward")
     if "handover" in common.variants(arg):

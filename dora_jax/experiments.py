@@ -44,14 +44,6 @@ def sweep(config, workdir: str) -> dict:
     if not field or not values:
         raise ValueError(f"config.sweep={config.sweep!r}: write it as 'section.field=v1,v2,...', "
                          "e.g. 'objective.beta=0.01,0.1,1' or 'seed=0,1,2'.")
-    section = config
-    try:
-        for part in field.split(".")[:-1]:
-            section = section[part]
-        kind = type(section[field.split(".")[-1]])
-    except KeyError:
-        raise ConfigError(f"config.sweep={config.sweep!r}: this config has no field {field!r} (an objective "
-                          "section holds only the fields its loss and advantage read).") from None
     summaries, runs = {}, {}
     for value in values.split(","):
         c = copy.deepcopy(config)
@@ -61,7 +53,7 @@ def sweep(config, workdir: str) -> dict:
         if field == "seed":
             cache.reseed(c, int(value))
         else:
-            c.update_from_flattened_dict({field: kind(value)})
+            set_field(c, field, value, f"config.sweep={config.sweep!r}")
         label = f"{field.split('.')[-1]}={value}"
         summaries[label] = pipeline.run(c, os.path.join(workdir, label))
         runs[label] = plots.read_metrics(os.path.join(workdir, label))
@@ -84,14 +76,8 @@ def compare(configs: dict[str, Any], seeds: list[int], workdir: str, overrides: 
             cache.reseed(c, seed)
             if c.get("alongside"):  # every method is a row of compare.md already
                 c.alongside = type(c.alongside)()
-            for field, value in (overrides or {}).items():  # strings from the command line take the field's type
-                section = c
-                for part in field.split(".")[:-1]:
-                    section = section.get(part, {})
-                leaf = field.split(".")[-1]
-                if leaf not in section:
-                    raise ConfigError(f"{field}={value!r}: the {label} config has no field {field!r}.")
-                section[leaf] = _typed(section[leaf], value)
+            for field, value in (overrides or {}).items():
+                set_field(c, field, value, f"{field}={value!r} ({label})")
             run_dir = os.path.join(workdir, f"seed={seed}", label.replace(":", "_"))
             summaries.setdefault(label, {})[seed] = pipeline.run(c, run_dir)
             # Rewritten after every run, so an interrupted comparison keeps a table of what finished.
@@ -103,6 +89,19 @@ def compare(configs: dict[str, Any], seeds: list[int], workdir: str, overrides: 
         plots.plot_compare(summaries, os.path.join(workdir, "figures"))
         print(text)
     return summaries
+
+
+def set_field(config, field: str, value, where: str) -> None:
+    """Sets the dotted `field` of `config` to `value` (a command-line string takes the field's type); a ConfigError
+    names `where` when the config has no such field."""
+    section = config
+    for part in field.split(".")[:-1]:
+        section = section.get(part, {})
+    leaf = field.split(".")[-1]
+    if leaf not in section:
+        raise ConfigError(f"{where}: this config has no field {field!r} (an objective section holds only the "
+                          "fields its loss and advantage read).")
+    section[leaf] = _typed(section[leaf], value)
 
 
 def _typed(current, value):

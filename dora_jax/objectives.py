@@ -485,14 +485,13 @@ def dora_complement_loss(logp_BxT: jax.Array, b: LossBatch, hp: Any,
     adv_B = b["adv_B"]
     outside_B = d_B > 0
     adv_B = jnp.where(adv_B > 0, adv_B * outside_B, adv_B) - hp.nora_push * ~outside_B
-    adv_BxT = _per_token(adv_B, logp_BxT)
-    pg_loss = -agg(_ppo_surrogate(_ratio(logp_BxT, b["logp_old_BxT"]), adv_BxT, hp), mask_BxT, hp.agg, denoms)
-    metrics = {
+    loss, metrics = grpo_loss(logp_BxT, LossBatch({**b, "adv_B": adv_B}), hp, denoms)  # GRPO on A'
+    metrics.update({
         "indicator_frac": _token_mean(_per_token(outside_B, logp_BxT), mask_BxT, denoms),
         "seq_log_ratio_mean": jnp.sum(d_B) / denoms.seqs,
-        **_by_outcome("weight", adv_BxT, b["adv_B"], mask_BxT, denoms),
-    }
-    return _finish(pg_loss, logp_BxT, b, hp, denoms, metrics)
+        **_by_outcome("weight", _per_token(adv_B, logp_BxT), b["adv_B"], mask_BxT, denoms),
+    })
+    return loss, metrics
 
 
 @register_loss("dora_contrastive", reads=_PG + ("beta", "tau", "psi_form"))

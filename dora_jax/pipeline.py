@@ -83,11 +83,10 @@ def run_alongside(config, workdir: str, summary: dict) -> dict:
             c[section] = copy.deepcopy(config[section])
         c.build = type(c.build)()
         summaries[label] = {seed: run(c, os.path.join(workdir, "alongside", label))}
-    text = report.compare_table(summaries, [seed]).replace("# Comparison over seeds", "# Side by side, seed", 1)
-    text = text.replace(" (mean ± sample std)", "", 1)
+    text = report.compare_table(summaries, [seed], title=f"## Side by side, seed {seed}")
     if distributed.is_chief():
         with open(os.path.join(workdir, "report.md"), "a") as f:
-            f.write("\n" + text.replace("\n# ", "\n## ", 1).replace("# Side", "## Side", 1))
+            f.write("\n" + text)
         print(text)
     return {label: per_seed[seed] for label, per_seed in list(summaries.items())[1:]}
 

@@ -259,6 +259,13 @@ def test_smollm_grpo_then_dora_on_the_packaged_model(tmp_path):
     assert "Ref" in (tmp_path / "dora" / "report.md").read_text()
 
 
+def test_the_complementarity_reward_survives_every_variant_it_combines_with():
+    for variants in ("from_ref,grpo,nora_reward", "from_ref,grpo,nora_reward,pass_at_k", "complement,nora_reward",
+                     "sequence,nora_reward,signed"):
+        assert indicator.get_config(variants).objective.nora_samples == 8, variants
+    assert "nora_samples" not in indicator.get_config("from_ref,grpo").objective
+
+
 def test_compare_overrides_take_the_fields_type_and_an_unknown_field_fails_first(tmp_path):
     assert experiments._typed(0.3, "0") == 0.0 and isinstance(experiments._typed(0.3, "0"), float)
     assert experiments._typed(True, "false") is False and experiments._typed(60, "300") == 300

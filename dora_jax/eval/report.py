@@ -249,7 +249,7 @@ def recovery_of(summary: dict, policy: str, key: str = "recovery") -> float | No
     return summary.get("forgotten", {}).get("policies", {}).get(policy, {}).get(key)
 
 
-def compare_table(summaries: dict[str, dict[int, dict]], seeds: list[int]) -> str:
+def compare_table(summaries: dict[str, dict[int, dict]], seeds: list[int], title: str | None = None) -> str:
     """compare.md: per method, mean ± sample std over seeds of pass@1/8/32, diversity, KL to Nora, time."""
     columns = {
         **{f"pass@{k}": (lambda s, n, k=k: _lookup(s, n, k)) for k in (1, 8, 32)},
@@ -263,7 +263,7 @@ def compare_table(summaries: dict[str, dict[int, dict]], seeds: list[int]) -> st
         "KL to Nora (last update)": lambda s, n: s.get("kl_to_nora") if n not in ("ref", "nora") else None,
         "train wall time (s)": lambda s, n: s["timing"].get(f"train {n}") if n not in ("ref", "nora") else None,
     }
-    lines = [f"# Comparison over seeds {', '.join(map(str, seeds))} (mean ± sample std)", "",
+    lines = [title or f"# Comparison over seeds {', '.join(map(str, seeds))} (mean ± sample std)", "",
              "| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
 
     def row(label, per_seed, policy_of):

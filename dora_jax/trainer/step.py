@@ -66,13 +66,12 @@ def make_update(model_config: ModelConfig, objective_cfg, tx: optax.GradientTran
         loss, metrics, grads = _accumulate(grad_fn, state.params, frozen, {**inputs, "adv_B": adv_B}, denoms,
                                            grad_accum, names)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
         if stop_kl and KL_METRIC in metrics:
             apply = metrics[KL_METRIC] <= stop_kl
-            params, opt_state, updates = jax.tree.map(lambda new, old: jnp.where(apply, new, old),
-                                                      (params, opt_state, updates),
-                                                      (state.params, state.opt_state, jax.tree.map(jnp.zeros_like, updates)))
-            metrics["update/applied"] = apply.astype(jnp.float32)  # update_norm is then 0
+            updates = jax.tree.map(lambda u: u * apply, updates)  # a refused update moves nothing (update_norm 0)
+            opt_state = jax.tree.map(lambda new, old: jnp.where(apply, new, old), opt_state, state.opt_state)
+            metrics["update/applied"] = apply.astype(jnp.float32)
+        params = optax.apply_updates(state.params, updates)
         metrics.update({stable: metrics[f"objective/{name}"] for name, stable in _STABLE_NAMES.items()
                         if f"objective/{name}" in metrics})
         metrics.update({
