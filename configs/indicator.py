@@ -12,7 +12,8 @@ Variants: `:smoke` (seconds, for tests), `:beta_sweep` (beta in 0.01, 0.1, 1 wit
 `:signed` (psi = exp(A / beta) - 1), `:sequence` (the response's log pi_ref / pi_nora as gate and log-ratio),
 `:complement` (PPO reinforcing only correct responses Ref favours more than Nora), `:pass_at_k` (the pass@k
 set advantage), `:grpo` (plain GRPO), `:nora_reward` (rewards times Nora's failure rate on the problem, from 8
-of her samples), `:from_ref` (Dora starts from Ref, uncapped); they combine, e.g. `:from_ref,grpo,nora_reward`,
+of her samples), `:nora_strategy_reward` (rewards times 1 - the share of 8 of Nora's samples that are correct in the
+response's own strategy: a correct answer by a strategy she does not use keeps its full reward), `:from_ref` (Dora starts from Ref, uncapped); they combine, e.g. `:from_ref,grpo,nora_reward`,
 `:handover` (paper §5.2: responses alternate between Dora and Nora every 2 tokens; Dora learns on hers),
 `:smollm` (a real pretrained model on a CPU: SmolLM2-135M-Instruct from its package, Nora built by GRPO,
 about 50 minutes on 2 cores from nothing; docs/real_model.md),
@@ -72,6 +73,9 @@ def get_config(arg=None):
         c.trainer.stop_kl = 0.0  # Ref is already ~1 nat per token from Nora: a cap to Nora does not apply
     if "nora_reward" in v:  # complementarity reward: r x (1 - Nora's success on the problem, from 8 of her samples)
         c.objective.nora_samples = 8  # after every variant that rebuilds the objective section
+    if "nora_strategy_reward" in v:  # r x (1 - share of Nora's 8 samples correct in the response's own strategy)
+        c.objective.nora_samples = 8
+        c.objective.nora_reward_by = "strategy"
     if not v - {"seeds"}:  # the main command: the improved variant trains after it, on the same Ref and Nora
         c.alongside.nora_reward_from_ref = get_config("from_ref,grpo,nora_reward")
     if "handover" in common.variants(arg):

@@ -77,7 +77,8 @@ class ObjectiveConfig:
     set_size: int = 4  # n of set advantages (poly_epo, pass_at_k)
     diversity_bonus: float = 0.5  # lambda of the grpo_diversity advantage (novel correct strategies)
     nora_push: float = 0.0  # dora_complement: advantage taken from responses inside Nora's modes (D <= 0)
-    nora_samples: int = 0  # dora_complement: Nora's samples per prompt; reward x (1 - her success there) (0 = off)
+    nora_samples: int = 0  # complementarity reward: Nora's samples per prompt; reward x (1 - her success) (0 = off)
+    nora_reward_by: str = "problem"  # her success on the problem | "strategy": correct in the response's own cluster
 
     def __post_init__(self):
         require(self.loss in LOSSES, "loss", self.loss, f"use a registered loss: {', '.join(sorted(LOSSES))}.")
@@ -93,6 +94,8 @@ class ObjectiveConfig:
                 "PPO clip widths must satisfy 0 <= eps_low < 1 and eps_high >= 0.")
         require(self.beta_kl >= 0, "beta_kl", self.beta_kl, "the KL weight cannot be negative.")
         require(self.nora_samples >= 0, "nora_samples", self.nora_samples, "use 0 (off) or Nora's samples per prompt.")
+        require(self.nora_reward_by in ("problem", "strategy"), "nora_reward_by", self.nora_reward_by,
+                "use 'problem' (her success rate on it) or 'strategy' (her correct share in the response's cluster).")
         if "set_size" in ADVANTAGES[self.advantage].reads:
             require(1 <= self.set_size <= self.group_size, "set_size", self.set_size,
                     f"set advantages need 1 <= set_size <= group_size ({self.group_size}).")

@@ -264,6 +264,8 @@ def test_the_complementarity_reward_survives_every_variant_it_combines_with():
                      "sequence,nora_reward,signed"):
         assert indicator.get_config(variants).objective.nora_samples == 8, variants
     assert "nora_samples" not in indicator.get_config("from_ref,grpo").objective
+    by_strategy = indicator.get_config("from_ref,grpo,nora_strategy_reward,pass_at_k").objective
+    assert (by_strategy.nora_samples, by_strategy.nora_reward_by) == (8, "strategy")
 
 
 def test_compare_overrides_take_the_fields_type_and_an_unknown_field_fails_first(tmp_path):

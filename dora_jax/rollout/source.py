@@ -154,6 +154,7 @@ class RolloutMaker:
         self.handover_window = self.rollout.handover_window
         # The complementarity reward (objective.nora_samples, checked with the objective section).
         self.nora_samples = int(config.objective.get("nora_samples", 0))
+        self.nora_reward_by = config.objective.get("nora_reward_by", "problem")
         if (self.handover_window or self.nora_samples) and nora_params is None:
             raise ValueError("config.rollout.handover_window > 0 and config.objective.nora_samples > 0 need Nora's "
                              "parameters in the sampler; set config.nora_dir.")
@@ -179,11 +180,12 @@ class RolloutMaker:
         rewards_B, valid_B, strategy_B = self.task.score(problems, rollout.tokens_BxN)
         nora_metrics = {}
         if self.nora_samples:
-            rewards_B, nora_metrics = self._complement(problems, prompt_QxP, mask_QxP, position, rewards_B)
+            rewards_B, nora_metrics = self._complement(problems, prompt_QxP, mask_QxP, position, rollout, rewards_B,
+                                                       strategy_B)
         new_tokens = float(np.sum(rollout.mask_BxN))
         perf = {"perf/sample_s": sampled - start, "perf/sample_tokens_per_s": new_tokens / max(sampled - start, 1e-9),
                 "perf/reward_s": time.perf_counter() - sampled}
-        clusters_B = self._clusters(prompt_QxP, mask_QxP, rollout, strategy_B)
+        clusters_B = self._clusters(prompt_QxP, mask_QxP, _responses(rollout), np.reshape(strategy_B, (Q, G))).reshape(-1)
         batch = pack_batch(prompt_BxP, mask_BxP, rollout, rewards_B, clusters_B,
                            trained_policy=0 if self.handover_window else None)
         host_metrics = {"rollout/valid_frac": float(np.mean(valid_B)),
@@ -204,30 +206,49 @@ class RolloutMaker:
         return MadeBatch(batch, host_metrics, samples)
 
 
-    def _complement(self, problems, prompt_QxP, mask_QxP, position: int, rewards_B: np.ndarray):
-        """The complementarity reward: each reward times (1 - Nora's success rate on its problem), estimated from
-        objective.nora_samples samples of Nora per prompt (drawn with keys of their own). A problem Nora already
-        solves is worth little to her explorer; one she fails keeps its full reward."""
+    def _complement(self, problems, prompt_QxP, mask_QxP, position: int, rollout: Rollout, rewards_B: np.ndarray,
+                    strategy_B: np.ndarray):
+        """The complementarity reward, from objective.nora_samples samples of Nora per prompt (keys of their own).
+
+        nora_reward_by "problem": each reward times (1 - Nora's success rate on its problem); a problem she
+        already solves is worth little to her explorer. "strategy": each reward times (1 - the share of her
+        samples that are correct *and* in the response's own strategy cluster, clustered jointly with hers by
+        config.diversity); a correct answer by a strategy Nora does not use keeps its full reward everywhere."""
         c, K = self.config, self.nora_samples
-        Q = len(problems)
-        nora = sample(self.model_config, (self.nora_params,), np.repeat(prompt_QxP, K, axis=0),
-                      np.repeat(mask_QxP, K, axis=0), row_keys(c.seed + 40_000, position, Q * K), rules=self.rules,
-                      group=K, **sampling_options(self.rollout, self.task))
-        nora_rewards, _, _ = self.task.score(problems, jax.device_get(nora).tokens_BxN)
-        success_Q = (np.asarray(nora_rewards) > 0).reshape(Q, K).mean(axis=1)
-        G = len(rewards_B) // Q
-        shaped_B = np.asarray(rewards_B, np.float32) * np.repeat(1.0 - success_Q, G)
-        return shaped_B, {"rollout/nora_success": float(success_Q.mean()),
+        Q, G = len(problems), len(rewards_B) // len(problems)
+        nora = jax.device_get(sample(
+            self.model_config, (self.nora_params,), np.repeat(prompt_QxP, K, axis=0), np.repeat(mask_QxP, K, axis=0),
+            row_keys(c.seed + 40_000, position, Q * K), rules=self.rules, group=K,
+            **sampling_options(self.rollout, self.task)))
+        nora_rewards, _, nora_strategy = self.task.score(problems, nora.tokens_BxN)
+        correct_QxK = (np.asarray(nora_rewards) > 0).reshape(Q, K)
+        if self.nora_reward_by == "strategy":
+            mine, hers = _responses(rollout), _responses(nora)
+            joint = [x for q in range(Q) for x in mine[q * G:(q + 1) * G] + hers[q * K:(q + 1) * K]]
+            strategy_QxJ = np.concatenate([np.reshape(strategy_B, (Q, G)), np.reshape(nora_strategy, (Q, K))], 1)
+            cluster_QxJ = self._clusters(prompt_QxP, mask_QxP, joint, strategy_QxJ)
+            same_QxGxK = cluster_QxJ[:, :G, None] == cluster_QxJ[:, None, G:]
+            covered_QxG = np.mean(same_QxGxK & correct_QxK[:, None, :], axis=-1)
+        else:
+            covered_QxG = np.repeat(correct_QxK.mean(axis=1, keepdims=True), G, axis=1)
+        shaped_B = np.asarray(rewards_B, np.float32) * (1.0 - covered_QxG.reshape(-1))
+        return shaped_B, {"rollout/nora_success": float(correct_QxK.mean()),
                           "rollout/reward_before_complement": float(np.mean(rewards_B))}
 
-    def _clusters(self, prompt_QxP, mask_QxP, rollout: Rollout, strategy_B: np.ndarray) -> np.ndarray:
-        """Strategy cluster ids of each group's responses from the configured diversity function."""
-        Q, G = len(prompt_QxP), len(strategy_B) // len(prompt_QxP)
+    def _clusters(self, prompt_QxP, mask_QxP, responses: list, strategy_QxJ: np.ndarray) -> np.ndarray:
+        """Strategy cluster ids [Q, J] of each prompt's J responses (token arrays, prompt by prompt) from the
+        configured diversity function."""
+        Q, J = strategy_QxJ.shape
         decode = self.task.decode if self.reads_text else (lambda ids: "")
         prompts = [decode(p[m > 0]) for p, m in zip(prompt_QxP, mask_QxP)]
-        texts = [decode(t[m > 0]) for t, m in zip(rollout.tokens_BxN, rollout.mask_BxN)]
-        groups = [texts[q * G:(q + 1) * G] for q in range(Q)]
-        return np.asarray(self.diversity(prompts, groups, strategy_B.reshape(Q, G)), np.int32).reshape(-1)
+        texts = [decode(t) for t in responses]
+        groups = [texts[q * J:(q + 1) * J] for q in range(Q)]
+        return np.asarray(self.diversity(prompts, groups, strategy_QxJ), np.int32)
+
+
+def _responses(rollout: Rollout) -> list[np.ndarray]:
+    """Each row's emitted tokens."""
+    return [t[m > 0] for t, m in zip(rollout.tokens_BxN, rollout.mask_BxN)]
 
 
 class HostSide:

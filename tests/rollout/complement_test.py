@@ -1,0 +1,49 @@
+"""The complementarity reward: rewards scaled by Nora's success on the problem, or in the response's strategy."""
+
+import numpy as np
+import pytest
+
+from configs import common
+from dora_jax.rollout import source
+from dora_jax.rollout.sampler import Rollout
+
+
+def _rollout(strategy_and_correct):
+    """Rows whose first token is a strategy id and second token 1 when correct (what `_Task.score` reads)."""
+    tokens = np.asarray(strategy_and_correct, np.int32)
+    ones = np.ones_like(tokens)
+    return Rollout(tokens, np.zeros(tokens.shape, np.float32), 0 * ones, ones, ones.sum(1), 0 * ones[:, 0])
+
+
+class _Task:
+    stop_ids, pad_id, strategy_names = (9,), 0, ()
+
+    def score(self, problems, tokens_BxN):
+        tokens_BxN = np.asarray(tokens_BxN)
+        return tokens_BxN[:, 1].astype(np.float32), np.ones(len(tokens_BxN), bool), tokens_BxN[:, 0]
+
+
+# Nora's 4 samples of problem 0: strategy 0 correct twice, 1 and 2 wrong; of problem 1: strategy 1 correct once.
+NORA = _rollout([[0, 1], [0, 1], [1, 0], [2, 0], [1, 1], [0, 0], [0, 0], [0, 0]])
+# The policy's 2 samples of each, all correct: strategies 0 and 1 on problem 0, 1 and 2 on problem 1.
+POLICY = _rollout([[0, 1], [1, 1], [1, 1], [2, 1]])
+
+
+@pytest.mark.parametrize("by, expected", [("problem", [0.5, 0.5, 0.75, 0.75]),  # 1 - her success on the problem
+                                          ("strategy", [0.5, 1.0, 0.75, 1.0])])  # 1 - her correct share in the strategy
+def test_complementarity_reward(monkeypatch, by, expected):
+    c = common.get_config()
+    c.objective.nora_samples, c.objective.nora_reward_by = 4, by
+    monkeypatch.setattr(source, "sample", lambda *args, **kwargs: NORA)
+    maker = source.RolloutMaker(_Task(), None, c, nora_params=object())
+    prompt_QxP = np.ones((2, 3), np.int32)
+    rewards, metrics = maker._complement([0, 1], prompt_QxP, prompt_QxP, 0, POLICY, np.ones(4, np.float32),
+                                         np.asarray(POLICY.tokens_BxN)[:, 0])
+    np.testing.assert_allclose(rewards, expected)
+    assert metrics["rollout/nora_success"] == pytest.approx(3 / 8)
+
+
+def test_nora_reward_by_is_checked():
+    from dora_jax.objectives import ObjectiveConfig
+    with pytest.raises(ValueError, match="nora_reward_by"):
+        ObjectiveConfig(nora_reward_by="cluster")
