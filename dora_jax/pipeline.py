@@ -17,6 +17,8 @@ stage. Sweeps, method comparisons and evaluation of existing checkpoints live in
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -238,13 +240,25 @@ def check_resumable(config, workdir: str) -> None:
         saved = _flat(json.load(f))
     new = _flat(json.loads(config.to_json_best_effort()))
     changed = sorted(k for k in set(saved) | set(new)
-                     if saved.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES))
+                     if saved.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)
+                     and not (k not in saved and new[k] == _default(config, k)))  # a field added since, left off
     if changed:
         shown = "; ".join(f"{k}: {saved.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}" for k in changed[:4])
         raise sections.ConfigError(
             f"{workdir} holds checkpoints of a run with another config ({shown}"
             f"{'; ...' if len(changed) > 4 else ''}). A resume continues the same run, so use a new --workdir, "
             f"or rerun with the config saved in {saved_path}; nothing in the workdir was changed.")
+
+
+def _default(config, key: str) -> Any:
+    """The default of `key` ("section.field") in its section's class; MISSING where there is none."""
+    section, _, field = key.partition(".")
+    parsers = {"task": tasks.parse_config, "objective": objectives.parse_config,
+               **{name: functools.partial(sections.parse, cls, path=name) for name, cls in SECTIONS.items()}}
+    if section not in parsers:
+        return dataclasses.MISSING
+    fields = {f.name: f for f in dataclasses.fields(parsers[section](config[section]))}
+    return fields[field].default if field in fields else dataclasses.MISSING
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

@@ -74,9 +74,17 @@ def test_a_workdir_resumes_only_the_run_it_holds(shared, tmp_path):
     saved = (workdir / "config.json").read_text()
     other = copy.deepcopy(c)
     other.objective = common.objective("dora_clipped", keep=c.objective)  # same shapes, another loss
-    with pytest.raises(ConfigError, match=r"objective\.credit: '\(absent\)' -> 'token'; objective\.loss"):
-        pipeline.run(other, str(workdir))
+    with pytest.raises(ConfigError, match=r"another config \(objective\.loss: 'dora_indicator' -> 'dora_clipped'\)"):
+        pipeline.run(other, str(workdir))  # credit, absent before, is at its default: not a change
     assert (workdir / "config.json").read_text() == saved
+    # A run saved before a field existed resumes while the field keeps its default, and only then.
+    older = json.loads(saved)
+    del older["task"]["validation_problems"]
+    (workdir / "config.json").write_text(json.dumps(older))
+    held_out = copy.deepcopy(c)
+    held_out.task.validation_problems = 30
+    with pytest.raises(ConfigError, match=r"task\.validation_problems: '\(absent\)' -> 30"):
+        pipeline.run(held_out, str(workdir))
     longer = copy.deepcopy(c)
     longer.trainer.num_steps = 3  # training on is a resume
     pipeline.run(longer, str(workdir))
