@@ -71,10 +71,11 @@ def get_config(arg=None):
     if "from_ref" in v:  # Dora starts from Ref, who still holds what Nora forgot
         c.policy_init = "ref"
         c.trainer.stop_kl = 0.0  # Ref is already ~1 nat per token from Nora: a cap to Nora does not apply
-    if "nora_reward" in v:  # complementarity reward: r x (1 - Nora's success on the problem, from 8 of her samples)
-        c.objective.nora_samples = 8  # after every variant that rebuilds the objective section
-    if "nora_strategy_reward" in v:  # r x (1 - share of Nora's 8 samples correct in the response's own strategy)
+    # Complementarity reward, after every variant that rebuilds the objective section: r x (1 - Nora's success on
+    # the problem), or per strategy x (1 - the share of her samples correct in the response's own strategy).
+    if v & {"nora_reward", "nora_strategy_reward"}:
         c.objective.nora_samples = 8
+    if "nora_strategy_reward" in v:
         c.objective.nora_reward_by = "strategy"
     if not v - {"seeds"}:  # the main command: the improved variant trains after it, on the same Ref and Nora
         c.alongside.nora_reward_from_ref = get_config("from_ref,grpo,nora_reward")
