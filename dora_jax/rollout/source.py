@@ -178,14 +178,16 @@ class RolloutMaker:
         rollout = jax.device_get(rollout)
         sampled = time.perf_counter()
         rewards_B, valid_B, strategy_B = self.task.score(problems, rollout.tokens_BxN)
-        nora_metrics = {}
+        nora_metrics, cluster_QxG = {}, None
         if self.nora_samples:
-            rewards_B, nora_metrics = self._complement(problems, prompt_QxP, mask_QxP, position, rollout, rewards_B,
-                                                       strategy_B)
+            rewards_B, nora_metrics, cluster_QxG = self._complement(problems, prompt_QxP, mask_QxP, position, rollout,
+                                                                    rewards_B, strategy_B)
         new_tokens = float(np.sum(rollout.mask_BxN))
         perf = {"perf/sample_s": sampled - start, "perf/sample_tokens_per_s": new_tokens / max(sampled - start, 1e-9),
                 "perf/reward_s": time.perf_counter() - sampled}
-        clusters_B = self._clusters(prompt_QxP, mask_QxP, _responses(rollout), np.reshape(strategy_B, (Q, G))).reshape(-1)
+        if cluster_QxG is None:  # (the per-strategy reward has already clustered them, jointly with Nora's)
+            cluster_QxG = self._clusters(prompt_QxP, mask_QxP, _responses(rollout), np.reshape(strategy_B, (Q, G)))
+        clusters_B = cluster_QxG.reshape(-1)
         batch = pack_batch(prompt_BxP, mask_BxP, rollout, rewards_B, clusters_B,
                            trained_policy=0 if self.handover_window else None)
         host_metrics = {"rollout/valid_frac": float(np.mean(valid_B)),
@@ -213,7 +215,9 @@ class RolloutMaker:
         nora_reward_by "problem": each reward times (1 - Nora's success rate on its problem); a problem she
         already solves is worth little to her explorer. "strategy": each reward times (1 - the share of her
         samples that are correct *and* in the response's own strategy cluster, clustered jointly with hers by
-        config.diversity); a correct answer by a strategy Nora does not use keeps its full reward everywhere."""
+        config.diversity); a correct answer by a strategy Nora does not use keeps its full reward everywhere.
+        Returns the shaped rewards, metrics, and in "strategy" mode the policy's cluster ids [Q, G] from that joint
+        clustering (the advantage's clusters too, so they are computed once), else None."""
         c, K = self.config, self.nora_samples
         Q, G = len(problems), len(rewards_B) // len(problems)
         nora = jax.device_get(sample(
@@ -229,11 +233,13 @@ class RolloutMaker:
             cluster_QxJ = self._clusters(prompt_QxP, mask_QxP, joint, strategy_QxJ)
             same_QxGxK = cluster_QxJ[:, :G, None] == cluster_QxJ[:, None, G:]
             covered_QxG = np.mean(same_QxGxK & correct_QxK[:, None, :], axis=-1)
+            mine_QxG = cluster_QxJ[:, :G]
         else:
             covered_QxG = np.repeat(correct_QxK.mean(axis=1, keepdims=True), G, axis=1)
+            mine_QxG = None
         shaped_B = np.asarray(rewards_B, np.float32) * (1.0 - covered_QxG.reshape(-1))
         return shaped_B, {"rollout/nora_success": float(correct_QxK.mean()),
-                          "rollout/reward_before_complement": float(np.mean(rewards_B))}
+                          "rollout/reward_before_complement": float(np.mean(rewards_B))}, mine_QxG
 
     def _clusters(self, prompt_QxP, mask_QxP, responses: list, strategy_QxJ: np.ndarray) -> np.ndarray:
         """Strategy cluster ids [Q, J] of each prompt's J responses (token arrays, prompt by prompt) from the
