@@ -1,11 +1,23 @@
-"""Test-wide JAX settings: strict rank promotion (STYLE.md) and a small CPU footprint."""
+"""Test-wide JAX settings: strict rank promotion (STYLE.md), a small CPU footprint, one compilation cache."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# 8 simulated CPU devices for the sharding tests. LLVM optimisation off: the tests check results, not speed, and
+# the smoke models' programs then compile about 3x faster, which is most of what the suite spends.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")  # figures are written to files only
+# Many tests compile the same small programs (the smoke model's sampler and update step), in this process and in
+# the launchers they start: one on-disk XLA cache for the session, inherited by subprocesses, compiles each once.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="dora_jax_tests_xla_")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
 
 import jax  # noqa: E402
 

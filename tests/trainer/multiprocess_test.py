@@ -30,7 +30,7 @@ HEARTBEAT_S = 10  # a killed process is noticed after this long
 _CHILD = textwrap.dedent("""
     import os, sys
     workdir, devices, port, num_processes, process_id = sys.argv[1:3] + [int(a) for a in sys.argv[3:]]
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={{devices}}"
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={{devices}} --xla_backend_optimization_level=0"
     sys.path.insert(0, {root!r})
     from dora_jax import distributed
     if num_processes > 1:
