@@ -5,6 +5,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 # 8 simulated CPU devices for the sharding tests. LLVM optimisation off: the tests check results, not speed, and
 # the smoke models' programs then compile about 3x faster, which is most of what the suite spends.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
@@ -23,3 +25,10 @@ import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_platforms", "cpu")
+
+
+@pytest.fixture(scope="session")
+def build_cache(tmp_path_factory):
+    """One `config.cache_dir` for the session: the smoke Ref and Nora (the notebook's, the pipeline tests') and the
+    converted packaged SmolLM2 are built once and read by every test that needs them."""
+    return tmp_path_factory.mktemp("builds") / "cache"

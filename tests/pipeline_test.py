@@ -60,10 +60,10 @@ def test_indicator_pipeline_writes_the_workdir_and_reuses_the_cache(tmp_path, ca
     assert out.count("Using the cached") == 2 and "building it into" not in out
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    """One cache of built smoke policies for the tests below."""
-    return tmp_path_factory.mktemp("shared")
+@pytest.fixture
+def shared(build_cache):
+    """The directory whose cache/ holds the session's built smoke policies (tests/conftest.py)."""
+    return build_cache.parent
 
 
 def test_a_workdir_resumes_only_the_run_it_holds(shared, tmp_path):
@@ -233,7 +233,7 @@ def test_compare_writes_one_table_and_plot(shared, tmp_path):
     out = tmp_path / "compare"
     configs = {"indicator": indicator.get_config("smoke"), "polyepo": polyepo.get_config("smoke")}
     summaries = experiments.compare(configs, [0], str(out),
-                                 {"cache_dir": str(shared), "eval.samples": 8})
+                                 {"cache_dir": str(shared / "cache"), "eval.samples": 8})
     assert set(summaries) == {"indicator", "polyepo"}
     table = (out / "compare.md").read_text()
     for row in ("| Ref (SFT) |", "| Nora (GRPO) |", "| indicator |", "| polyepo |"):
@@ -242,21 +242,21 @@ def test_compare_writes_one_table_and_plot(shared, tmp_path):
     assert (out / "figures" / "compare_pass_at_k.png").exists()
 
 
-def test_smollm_grpo_then_dora_on_the_packaged_model(tmp_path):
+def test_smollm_grpo_then_dora_on_the_packaged_model(build_cache, tmp_path):
     """The real pretrained model end to end: SmolLM2-135M-Instruct from its package's GGUF, one GRPO update
     (Nora), one Dora update, evaluation of Ref / Nora / Dora on generated word problems."""
     # As a user runs it: in a process of its own, on one CPU device (the suite's 8 simulated devices would each
     # hold copies of the 135M-parameter trees), so its memory is returned at its exit.
     result = subprocess.run(
         [sys.executable, "launch/train.py", "--config=configs/indicator.py:smollm,smoke",
-         f"--workdir={tmp_path / 'dora'}", f"--config.cache_dir={tmp_path / 'cache'}"],
+         f"--workdir={tmp_path / 'dora'}", f"--config.cache_dir={build_cache}"],
         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=1200,
         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"})
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "dora" / "eval.json").read_text())
     assert set(summary["policies"]) == {"ref", "nora", "dora"} and summary["num_problems"] == 2
     assert len(summary["noise"]["pass@1"]) == 2 and summary["time_split"]["update_s"] > 0
-    converted = os.listdir(tmp_path / "cache" / "models")
+    converted = os.listdir(build_cache / "models")  # converted once, here or by tests/models/gguf_test.py
     assert len(converted) == 1 and converted[0].startswith("SmolLM2-135M-Instruct")
     record = _lines(tmp_path / "dora" / "metrics.jsonl", skip_perf=False)[-1]
     assert record["step"] == 1 and np.isfinite(record["kl/policy_nora_token"])

@@ -126,9 +126,9 @@ def test_unsupported_quantisation_is_refused(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def smollm2_dir(tmp_path_factory):
+def smollm2_dir(build_cache):
     """The packaged SmolLM2-135M-Instruct, converted (the README's set-up installs the package)."""
-    return gguf_io.model_dir("packaged:smollm2", str(tmp_path_factory.mktemp("cache")))
+    return gguf_io.model_dir("packaged:smollm2", str(build_cache))
 
 
 def test_packaged_smollm2_matches_transformers_gguf_loader(smollm2_dir):
