@@ -37,8 +37,8 @@ def test_complementarity_reward(monkeypatch, by, expected):
     monkeypatch.setattr(source, "sample", lambda *args, **kwargs: NORA)
     maker = source.RolloutMaker(_Task(), None, c, nora_params=object())
     prompt_QxP = np.ones((2, 3), np.int32)
-    rewards, metrics, clusters = maker._complement([0, 1], prompt_QxP, prompt_QxP, 0, POLICY, np.ones(4, np.float32),
-                                         np.asarray(POLICY.tokens_BxN)[:, 0])
+    rewards, metrics, clusters = maker._complement([0, 1], prompt_QxP, prompt_QxP, 0, POLICY,
+                                                   np.ones(4, np.float32), np.asarray(POLICY.tokens_BxN)[:, 0])
     np.testing.assert_allclose(rewards, expected)
     assert metrics["rollout/nora_success"] == pytest.approx(3 / 8)
     if by == "strategy":  # the joint clustering also gives the advantage its clusters (task labels: the strategies)
