@@ -166,7 +166,7 @@ def test_math_grpo_then_dora_then_eval_on_files(tmp_path):
         [sys.executable, "launch/eval.py", "--config=configs/indicator.py:math,smoke", f"--out={out}",
          f"--config.task.eval_data={world['eval']}",  # no training file: an evaluation never reads it
          f"--policy=ref={world['model']}", f"--policy=dora={tmp_path / 'dora' / 'policy'}"],
-        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=300)
+        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     table = (out / "passk.md").read_text()
     assert "| policy | k=1 | k=2 | k=4 |" in table and "| Dora+Ref |" in table

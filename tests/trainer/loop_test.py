@@ -122,9 +122,10 @@ def test_sigkill_and_resume_reproduces_uninterrupted_run(tmp_path):
     full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
     subprocess.run([sys.executable, str(script), full], check=True, capture_output=True)
 
-    # Kill the second run as soon as its step-4 checkpoint is on disk.
+    # Kill the second run as soon as its step-4 checkpoint is on disk. The deadline only guards against a hang: a
+    # loaded machine may take minutes to get there, and the test must not depend on how fast it is.
     proc = subprocess.Popen([sys.executable, str(script), killed], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    deadline = time.time() + 1200
     while not os.path.isdir(os.path.join(killed, "checkpoints", "4")) and time.time() < deadline:
         if proc.poll() is not None:
             break
