@@ -1,0 +1,5 @@
+def xla_flags(devices: int) -> str:
+    """XLA_FLAGS of a test process (the suite's, and the children tests start): `devices` simulated CPU devices,
+    LLVM optimisation off. The tests check results, not speed, and the smoke models' programs then compile about 3x
+    faster, which is most of what the suite spends. Every process of an equivalence test compiles alike."""
+    return f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"

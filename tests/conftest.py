@@ -7,9 +7,9 @@ import tempfile
 
 import pytest
 
-# 8 simulated CPU devices for the sharding tests. LLVM optimisation off: the tests check results, not speed, and
-# the smoke models' programs then compile about 3x faster, which is most of what the suite spends.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
+from tests import xla_flags
+
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))  # 8 simulated CPU devices for the sharding tests
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")  # figures are written to files only

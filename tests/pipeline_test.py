@@ -16,7 +16,7 @@ from configs import clipped, common, distill, indicator, nora_grpo, polyepo
 from dora_jax import experiments, objectives, pipeline
 from dora_jax.sections import ConfigError
 from dora_jax.tasks.countdown import problems as countdown
-from tests import math_world
+from tests import math_world, xla_flags
 from tests.writers_test import read_events
 
 
@@ -251,7 +251,7 @@ def test_smollm_grpo_then_dora_on_the_packaged_model(build_cache, tmp_path):
         [sys.executable, "launch/train.py", "--config=configs/indicator.py:smollm,smoke",
          f"--workdir={tmp_path / 'dora'}", f"--config.cache_dir={build_cache}"],
         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=1200,
-        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"})
+        env={**os.environ, "XLA_FLAGS": xla_flags(1)})
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "dora" / "eval.json").read_text())
     assert set(summary["policies"]) == {"ref", "nora", "dora"} and summary["num_problems"] == 2

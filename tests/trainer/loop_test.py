@@ -100,7 +100,9 @@ def test_gradient_accumulation_is_exact(tmp_path):
 _CHILD = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {root!r})
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
+    from tests import xla_flags
+    os.environ["XLA_FLAGS"] = xla_flags(2)
+    os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)  # a process killed mid-write must not share the session's cache
     from tests.trainer.loop_test import SHAPE, smoke_config
     from dora_jax.testing import RandomRollouts
     from dora_jax.trainer import Trainer

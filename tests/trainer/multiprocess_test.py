@@ -30,8 +30,9 @@ HEARTBEAT_S = 10  # a killed process is noticed after this long
 _CHILD = textwrap.dedent("""
     import os, sys
     workdir, devices, port, num_processes, process_id = sys.argv[1:3] + [int(a) for a in sys.argv[3:]]
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={{devices}} --xla_backend_optimization_level=0"
     sys.path.insert(0, {root!r})
+    from tests import xla_flags
+    os.environ["XLA_FLAGS"] = xla_flags(int(devices))
     from dora_jax import distributed
     if num_processes > 1:
         distributed.initialize(f"127.0.0.1:{{port}}", num_processes, process_id, heartbeat_timeout_s={heartbeat})
@@ -68,11 +69,11 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """The children's environment: CPU, and one compilation cache (process 0 of a later run skips compiling)."""
-    cache = str(tmp_path_factory.mktemp("jit_cache"))
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": cache,
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+def env():
+    """The children's environment: CPU, and the session's compilation cache (tests/conftest.py), so process 0 of a
+    later run skips compiling."""
+    assert os.environ.get("JAX_COMPILATION_CACHE_DIR"), "tests/conftest.py sets one compilation cache per session"
+    return {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
 def _start(tmp_path, workdir, env, num_processes: int, devices: int) -> list[tuple[subprocess.Popen, str]]:
