@@ -11,7 +11,7 @@ side (docs/results.md, "Rediscovering forgotten strategies").
 Variants: `:smoke` (seconds, for tests), `:beta_sweep` (beta in 0.01, 0.1, 1 with overlays),
 `:signed` (psi = exp(A / beta) - 1), `:sequence` (the response's log pi_ref / pi_nora as gate and log-ratio),
 `:complement` (PPO reinforcing only correct responses Ref favours more than Nora), `:pass_at_k` (the pass@k
-set advantage), `:grpo` (plain GRPO), `:nora_reward` (rewards times Nora's failure rate on the problem, from 8
+set advantage), `:poly_epo` (Poly-EPO's: mean reward x distinct strategies of the subset), `:grpo` (plain GRPO), `:nora_reward` (rewards times Nora's failure rate on the problem, from 8
 of her samples), `:nora_strategy_reward` (rewards times 1 - the share of 8 of Nora's samples that are correct in the
 response's own strategy: a correct answer by a strategy she does not use keeps its full reward), `:from_ref` (Dora starts from Ref, uncapped); they combine, e.g. `:from_ref,grpo,nora_reward`,
 `:handover` (paper §5.2: responses alternate between Dora and Nora every 2 tokens; Dora learns on hers),
@@ -66,8 +66,8 @@ def get_config(arg=None):
     if "grpo" in v:  # plain GRPO (PPO on the group advantage), with the KL to Nora logged
         c.objective = common.objective("grpo", keep=c.objective)
         c.objective.log_kl_nora = True
-    if "pass_at_k" in v:  # the pass@k set advantage (subsets of 4 of a group of 8) in place of GRPO's
-        c.objective = common.objective(c.objective.loss, "pass_at_k", keep=c.objective)
+    for set_advantage in sorted(v & {"pass_at_k", "poly_epo"}):  # a set advantage (subsets of 4 of a group of 8)
+        c.objective = common.objective(c.objective.loss, set_advantage, keep=c.objective)  # in place of GRPO's
     if "from_ref" in v:  # Dora starts from Ref, who still holds what Nora forgot
         c.policy_init = "ref"
         c.trainer.stop_kl = 0.0  # Ref is already ~1 nat per token from Nora: a cap to Nora does not apply

@@ -6,6 +6,7 @@ import os
 import warnings
 
 import matplotlib
+import pytest
 
 matplotlib.use("Agg")  # before the notebook imports pyplot: figures only, no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -36,6 +37,7 @@ def _finite(values) -> bool:
     return all(math.isfinite(v) for v in values)
 
 
+@pytest.mark.slow
 def test_explore_objectives_notebook_runs_in_fast_mode(build_cache, tmp_path, monkeypatch, capsys):
     runs, cache = tmp_path / "runs", build_cache  # the session's: the pipeline tests read the same Ref and Nora
     monkeypatch.setenv("DORA_NOTEBOOK_FAST", "1")

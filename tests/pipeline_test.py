@@ -91,6 +91,7 @@ def test_a_workdir_resumes_only_the_run_it_holds(shared, tmp_path):
     assert [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")] == [0, 1, 2, 3]
 
 
+@pytest.mark.slow
 def test_an_improved_variant_trains_alongside_on_the_same_ref_and_nora(shared, tmp_path):
     c = _smoke(indicator, shared)
     c.alongside.nora_reward_from_ref = _smoke(indicator, shared, "smoke,from_ref,complement,nora_reward")
@@ -140,6 +141,7 @@ def _lines(path, skip_perf=True):
             for line in open(path)]
 
 
+@pytest.mark.slow
 def test_math_grpo_then_dora_then_eval_on_files(tmp_path):
     """Real math end to end on a tiny local Qwen2 + BPE tokenizer: GRPO (Nora), Dora, launch/eval.py."""
     world = math_world.write(str(tmp_path / "world"))
@@ -242,6 +244,8 @@ def test_compare_writes_one_table_and_plot(shared, tmp_path):
     assert (out / "figures" / "compare_pass_at_k.png").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("smollm2")  # with tests/models/gguf_test.py, which converts the same model
 def test_smollm_grpo_then_dora_on_the_packaged_model(build_cache, tmp_path):
     """The real pretrained model end to end: SmolLM2-135M-Instruct from its package's GGUF, one GRPO update
     (Nora), one Dora update, evaluation of Ref / Nora / Dora on generated word problems."""
@@ -251,7 +255,7 @@ def test_smollm_grpo_then_dora_on_the_packaged_model(build_cache, tmp_path):
         [sys.executable, "launch/train.py", "--config=configs/indicator.py:smollm,smoke",
          f"--workdir={tmp_path / 'dora'}", f"--config.cache_dir={build_cache}"],
         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=1200,
-        env={**os.environ, "XLA_FLAGS": xla_flags(1)})
+        env={**os.environ, "XLA_FLAGS": xla_flags(1, optimise=True)})
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "dora" / "eval.json").read_text())
     assert set(summary["policies"]) == {"ref", "nora", "dora"} and summary["num_problems"] == 2

@@ -77,6 +77,7 @@ def _small_config(tmp_path):
     return c
 
 
+@pytest.mark.slow
 def test_compiled_memory_shrinks_with_fsdp_and_the_planner_tracks_it(tmp_path):
     config = _small_config(tmp_path)
     one = plan.compile_update(config, sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1]))

@@ -44,6 +44,24 @@ def _one_update(config, devices, workdir, loss="dora_indicator"):
     return trainer, jax.device_get(state.params), jax.device_get(metrics)
 
 
+@pytest.fixture(scope="module")
+def single_device_update(tmp_path_factory):
+    """`(loss, accum, agg) -> (params, metrics)` of one update on one device, computed once per argument for the
+    tests that compare other layouts with it."""
+    results = {}
+
+    def update(loss="dora_indicator", accum=1, agg="token-mean"):
+        if (loss, accum, agg) not in results:
+            c = smoke_config()
+            c.mesh.update(data=1, fsdp=1, tensor=1)
+            c.optim.grad_accum = accum
+            c.objective.agg = agg
+            results[loss, accum, agg] = _one_update(c, jax.devices()[:1], tmp_path_factory.mktemp("single"), loss)[1:]
+        return results[loss, accum, agg]
+
+    return update
+
+
 @pytest.mark.parametrize("loss,mesh,accum", [
     ("dora_indicator", dict(data=2, fsdp=2, tensor=2), 1),
     ("grpo", dict(data=2, fsdp=2, tensor=2), 1),
@@ -51,17 +69,14 @@ def _one_update(config, devices, workdir, loss="dora_indicator"):
     ("dora_indicator", dict(data=1, fsdp=4, tensor=1), 2),
     ("dora_indicator", dict(data=1, fsdp=2, tensor=2), 1),
 ])
-def test_sharded_update_equals_single_device(tmp_path, loss, mesh, accum):
+def test_sharded_update_equals_single_device(single_device_update, tmp_path, loss, mesh, accum):
     assert jax.device_count() >= 8, "tests/conftest.py sets 8 simulated CPU devices"
-    single = smoke_config()
-    single.mesh.update(data=1, fsdp=1, tensor=1)
-    single.optim.grad_accum = accum
-    _, p1, m1 = _one_update(single, jax.devices()[:1], tmp_path / "a", loss)
+    p1, m1 = single_device_update(loss, accum)
     sharded = smoke_config()
     sharded.mesh.update(**mesh)
     sharded.optim.grad_accum = accum
     n = mesh["data"] * mesh["fsdp"] * mesh["tensor"]
-    trainer, p8, m8 = _one_update(sharded, jax.devices()[:n], tmp_path / "b", loss)
+    trainer, p8, m8 = _one_update(sharded, jax.devices()[:n], tmp_path, loss)
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
         np.testing.assert_allclose(a, b, atol=1e-5)
     for k in m1:
@@ -82,19 +97,13 @@ def test_sharded_update_equals_single_device(tmp_path, loss, mesh, accum):
     assert trainer.frozen["nora"]["embedding"].sharding.spec == P("tensor", "fsdp")
 
 
-def test_gradient_accumulation_is_exact(tmp_path):
+def test_gradient_accumulation_is_exact(single_device_update):
     for agg in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
-        results = []
-        for accum in (1, 4):
-            c = smoke_config()
-            c.objective.agg = agg
-            c.optim.grad_accum = accum
-            c.mesh.update(data=1)
-            results.append(_one_update(c, jax.devices()[:1], tmp_path / f"{agg}{accum}"))
-        for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1])):
+        (p1, m1), (p4, m4) = (single_device_update(accum=accum, agg=agg) for accum in (1, 4))
+        for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4)):
             np.testing.assert_allclose(a, b, atol=1e-5)  # Adam divides by sqrt(v): f32 ulps of tiny grads grow
-        for k in results[0][2]:
-            np.testing.assert_allclose(results[0][2][k], results[1][2][k], rtol=1e-5, atol=1e-6, err_msg=k)
+        for k in m1:
+            np.testing.assert_allclose(m1[k], m4[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
 _CHILD = textwrap.dedent("""
@@ -118,6 +127,7 @@ def _metrics(workdir):
     return {r["step"]: {k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows}
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_reproduces_uninterrupted_run(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(_CHILD.format(root=os.path.abspath(ROOT)))
