@@ -75,6 +75,7 @@ def get_config(arg=None):
     # the problem), or per strategy x (1 - the share of her samples correct in the response's own strategy).
     if v & {"nora_reward", "nora_strategy_reward"}:
         c.objective.nora_samples = 8
+        c.objective.nora_reward_weight = 1.0  # r x (1 - 1.0 x her success): all of it taken off
     if "nora_strategy_reward" in v:
         c.objective.nora_reward_by = "strategy"
     if not v - {"seeds"}:  # the main command: the improved variant trains after it, on the same Ref and Nora

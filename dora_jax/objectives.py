@@ -79,6 +79,7 @@ class ObjectiveConfig:
     nora_push: float = 0.0  # dora_complement: advantage taken from responses inside Nora's modes (D <= 0)
     nora_samples: int = 0  # complementarity reward: Nora's samples per prompt; reward x (1 - her success) (0 = off)
     nora_reward_by: str = "problem"  # her success on the problem | "strategy": correct in the response's own cluster
+    nora_reward_weight: float = 1.0  # lambda: reward x (1 - lambda x her success); 1 takes all of it off
 
     def __post_init__(self):
         require(self.loss in LOSSES, "loss", self.loss, f"use a registered loss: {', '.join(sorted(LOSSES))}.")
@@ -96,6 +97,8 @@ class ObjectiveConfig:
         require(self.nora_samples >= 0, "nora_samples", self.nora_samples, "use 0 (off) or Nora's samples per prompt.")
         require(self.nora_reward_by in ("problem", "strategy"), "nora_reward_by", self.nora_reward_by,
                 "use 'problem' (her success rate on it) or 'strategy' (her correct share in the response's cluster).")
+        require(0 <= self.nora_reward_weight <= 1, "nora_reward_weight", self.nora_reward_weight,
+                "use a weight in [0, 1]: 0 leaves the rewards as they are, 1 takes all of Nora's success off.")
         if "set_size" in ADVANTAGES[self.advantage].reads:
             require(1 <= self.set_size <= self.group_size, "set_size", self.set_size,
                     f"set advantages need 1 <= set_size <= group_size ({self.group_size}).")

@@ -273,8 +273,10 @@ def test_smollm_grpo_then_dora_on_the_packaged_model(build_cache, tmp_path):
 
 def test_the_complementarity_reward_survives_every_variant_it_combines_with():
     for variants in ("from_ref,grpo,nora_reward", "from_ref,grpo,nora_reward,pass_at_k", "complement,nora_reward",
-                     "sequence,nora_reward,signed"):
-        assert indicator.get_config(variants).objective.nora_samples == 8, variants
+                     "sequence,nora_reward,signed", "from_ref,grpo,poly_epo,nora_reward"):
+        objective = indicator.get_config(variants).objective
+        assert (objective.nora_samples, objective.nora_reward_weight) == (8, 1.0), variants
+    assert indicator.get_config("from_ref,grpo,poly_epo,nora_reward").objective.advantage == "poly_epo"
     assert "nora_samples" not in indicator.get_config("from_ref,grpo").objective
     by_strategy = indicator.get_config("from_ref,grpo,nora_strategy_reward,pass_at_k").objective
     assert (by_strategy.nora_samples, by_strategy.nora_reward_by) == (8, "strategy")

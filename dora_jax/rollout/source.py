@@ -155,6 +155,7 @@ class RolloutMaker:
         # The complementarity reward (objective.nora_samples, checked with the objective section).
         self.nora_samples = int(config.objective.get("nora_samples", 0))
         self.nora_reward_by = config.objective.get("nora_reward_by", "problem")
+        self.nora_reward_weight = float(config.objective.get("nora_reward_weight", 1.0))
         if (self.handover_window or self.nora_samples) and nora_params is None:
             raise ValueError("config.rollout.handover_window > 0 and config.objective.nora_samples > 0 need Nora's "
                              "parameters in the sampler; set config.nora_dir.")
@@ -216,7 +217,8 @@ class RolloutMaker:
         already solves is worth little to her explorer. "strategy": each reward times (1 - the share of her
         samples that are correct *and* in the response's own strategy cluster, clustered jointly with hers by
         config.diversity); a correct answer by a strategy Nora does not use keeps its full reward everywhere.
-        Returns the shaped rewards, metrics, and in "strategy" mode the policy's cluster ids [Q, G] from that joint
+        objective.nora_reward_weight (lambda) scales what is taken off: r x (1 - lambda x her share). Returns the
+        shaped rewards, metrics, and in "strategy" mode the policy's cluster ids [Q, G] from that joint
         clustering (the advantage's clusters too, so they are computed once), else None."""
         c, K = self.config, self.nora_samples
         Q, G = len(problems), len(rewards_B) // len(problems)
@@ -237,7 +239,7 @@ class RolloutMaker:
         else:
             covered_QxG = np.repeat(correct_QxK.mean(axis=1, keepdims=True), G, axis=1)
             mine_QxG = None
-        shaped_B = np.asarray(rewards_B, np.float32) * (1.0 - covered_QxG.reshape(-1))
+        shaped_B = np.asarray(rewards_B, np.float32) * (1.0 - self.nora_reward_weight * covered_QxG.reshape(-1))
         return shaped_B, {"rollout/nora_success": float(correct_QxK.mean()),
                           "rollout/reward_before_complement": float(np.mean(rewards_B))}, mine_QxG
 

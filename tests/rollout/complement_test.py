@@ -29,11 +29,14 @@ NORA = _rollout([[0, 1], [0, 1], [1, 0], [2, 0], [1, 1], [0, 0], [0, 0], [0, 0]]
 POLICY = _rollout([[0, 1], [1, 1], [1, 1], [2, 1]])
 
 
-@pytest.mark.parametrize("by, expected", [("problem", [0.5, 0.5, 0.75, 0.75]),  # 1 - her success on the problem
-                                          ("strategy", [0.5, 1.0, 0.75, 1.0])])  # 1 - her correct share in the strategy
-def test_complementarity_reward(monkeypatch, by, expected):
+@pytest.mark.parametrize("by, weight, expected", [
+    ("problem", 1.0, [0.5, 0.5, 0.75, 0.75]),  # 1 - her success on the problem
+    ("strategy", 1.0, [0.5, 1.0, 0.75, 1.0]),  # 1 - her correct share in the strategy
+    ("problem", 0.5, [0.75, 0.75, 0.875, 0.875]),  # 1 - 0.5 x her success
+])
+def test_complementarity_reward(monkeypatch, by, weight, expected):
     c = common.get_config()
-    c.objective.nora_samples, c.objective.nora_reward_by = 4, by
+    c.objective.nora_samples, c.objective.nora_reward_by, c.objective.nora_reward_weight = 4, by, weight
     monkeypatch.setattr(source, "sample", lambda *args, **kwargs: NORA)
     maker = source.RolloutMaker(_Task(), None, c, nora_params=object())
     prompt_QxP = np.ones((2, 3), np.int32)
@@ -47,7 +50,9 @@ def test_complementarity_reward(monkeypatch, by, expected):
         assert clusters is None
 
 
-def test_nora_reward_by_is_checked():
+def test_nora_reward_by_and_weight_are_checked():
     from dora_jax.objectives import ObjectiveConfig
     with pytest.raises(ValueError, match="nora_reward_by"):
         ObjectiveConfig(nora_reward_by="cluster")
+    with pytest.raises(ValueError, match="nora_reward_weight"):
+        ObjectiveConfig(nora_reward_weight=1.5)
