@@ -11,9 +11,11 @@ side (docs/results.md, "Rediscovering forgotten strategies").
 Variants: `:smoke` (seconds, for tests), `:beta_sweep` (beta in 0.01, 0.1, 1 with overlays),
 `:signed` (psi = exp(A / beta) - 1), `:sequence` (the response's log pi_ref / pi_nora as gate and log-ratio),
 `:complement` (PPO reinforcing only correct responses Ref favours more than Nora), `:pass_at_k` (the pass@k
-set advantage), `:poly_epo` (Poly-EPO's: mean reward x distinct strategies of the subset), `:grpo` (plain GRPO), `:nora_reward` (rewards times Nora's failure rate on the problem, from 8
-of her samples), `:nora_strategy_reward` (rewards times 1 - the share of 8 of Nora's samples that are correct in the
-response's own strategy: a correct answer by a strategy she does not use keeps its full reward), `:from_ref` (Dora starts from Ref, uncapped); they combine, e.g. `:from_ref,grpo,nora_reward`,
+set advantage in place of GRPO's), `:poly_epo` (Poly-EPO's set advantage in place of GRPO's: mean reward x
+distinct strategies of 4-response subsets), `:grpo` (plain GRPO), `:nora_reward` (rewards times Nora's failure
+rate on the problem, from 8 of her samples), `:nora_strategy_reward` (rewards times 1 - the share of 8 of Nora's
+samples that are correct in the response's own strategy: a correct answer by a strategy she does not use keeps its
+full reward), `:from_ref` (Dora starts from Ref, uncapped); they combine, e.g. `:from_ref,grpo,nora_reward`,
 `:handover` (paper §5.2: responses alternate between Dora and Nora every 2 tokens; Dora learns on hers),
 `:smollm` (a real pretrained model on a CPU: SmolLM2-135M-Instruct from its package, Nora built by GRPO,
 about 50 minutes on 2 cores from nothing; docs/real_model.md),
@@ -66,8 +68,11 @@ def get_config(arg=None):
     if "grpo" in v:  # plain GRPO (PPO on the group advantage), with the KL to Nora logged
         c.objective = common.objective("grpo", keep=c.objective)
         c.objective.log_kl_nora = True
-    for set_advantage in sorted(v & {"pass_at_k", "poly_epo"}):  # a set advantage (subsets of 4 of a group of 8)
-        c.objective = common.objective(c.objective.loss, set_advantage, keep=c.objective)  # in place of GRPO's
+    set_advantage = v & {"pass_at_k", "poly_epo"}  # a set advantage (subsets of 4 of a group of 8) for GRPO's
+    if len(set_advantage) > 1:
+        raise ValueError(f"configs/indicator.py:{arg}: choose one of the set advantages pass_at_k and poly_epo.")
+    if set_advantage:
+        c.objective = common.objective(c.objective.loss, set_advantage.pop(), keep=c.objective)
     if "from_ref" in v:  # Dora starts from Ref, who still holds what Nora forgot
         c.policy_init = "ref"
         c.trainer.stop_kl = 0.0  # Ref is already ~1 nat per token from Nora: a cap to Nora does not apply
@@ -75,7 +80,7 @@ def get_config(arg=None):
     # the problem), or per strategy x (1 - the share of her samples correct in the response's own strategy).
     if v & {"nora_reward", "nora_strategy_reward"}:
         c.objective.nora_samples = 8
-        c.objective.nora_reward_weight = 1.0  # r x (1 - 1.0 x her success): all of it taken off
+        c.objective.nora_reward_weight = 1.0  # lambda, here so --config / compare.py --set can lower it
     if "nora_strategy_reward" in v:
         c.objective.nora_reward_by = "strategy"
     if not v - {"seeds"}:  # the main command: the improved variant trains after it, on the same Ref and Nora

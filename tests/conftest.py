@@ -35,17 +35,7 @@ def build_cache(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(items):
-    """Scheduling for `pytest -n 2` (pytest.ini sets `--dist=loadgroup`); without xdist only the order changes.
-
-    Tests marked `slow` run first, so no worker is left with a long test at the end. A worker runs a whole test
-    module (its module fixtures are built once), except a slow test, which is scheduled on its own; every test that
-    reads the session's `build_cache` runs on one worker, which builds its Ref and Nora once. An explicit
-    `xdist_group` mark wins."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the suite's order otherwise
-    for item in items:
-        if item.get_closest_marker("xdist_group"):
-            continue
-        if "build_cache" in item.fixturenames:
-            item.add_marker(pytest.mark.xdist_group("build_cache"))
-        elif not item.get_closest_marker("slow"):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    """Tests marked `slow` run first (the suite's order otherwise). Under `pytest -n 2`, pytest.ini's
+    `--dist=loadgroup` with no groups hands tests out one by one in this order, so the slow ones start on both
+    workers at once and no worker is left with one at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # a stable sort

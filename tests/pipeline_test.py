@@ -245,7 +245,6 @@ def test_compare_writes_one_table_and_plot(shared, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("smollm2")  # with tests/models/gguf_test.py, which converts the same model
 def test_smollm_grpo_then_dora_on_the_packaged_model(build_cache, tmp_path):
     """The real pretrained model end to end: SmolLM2-135M-Instruct from its package's GGUF, one GRPO update
     (Nora), one Dora update, evaluation of Ref / Nora / Dora on generated word problems."""
@@ -277,6 +276,8 @@ def test_the_complementarity_reward_survives_every_variant_it_combines_with():
         objective = indicator.get_config(variants).objective
         assert (objective.nora_samples, objective.nora_reward_weight) == (8, 1.0), variants
     assert indicator.get_config("from_ref,grpo,poly_epo,nora_reward").objective.advantage == "poly_epo"
+    with pytest.raises(ValueError, match="one of the set advantages"):
+        indicator.get_config("from_ref,grpo,poly_epo,pass_at_k")
     assert "nora_samples" not in indicator.get_config("from_ref,grpo").objective
     by_strategy = indicator.get_config("from_ref,grpo,nora_strategy_reward,pass_at_k").objective
     assert (by_strategy.nora_samples, by_strategy.nora_reward_by) == (8, "strategy")

@@ -131,7 +131,6 @@ def smollm2_dir(build_cache):
     return gguf_io.model_dir("packaged:smollm2", str(build_cache))
 
 
-@pytest.mark.xdist_group("smollm2")  # with the SmolLM2 pipeline test, which reads the same conversion
 def test_packaged_smollm2_matches_transformers_gguf_loader(smollm2_dir):
     path = gguf_io.gguf_file("packaged:smollm2")
     reference = transformers.AutoModelForCausalLM.from_pretrained(

@@ -46,18 +46,19 @@ def _one_update(config, devices, workdir, loss="dora_indicator"):
 
 @pytest.fixture(scope="module")
 def single_device_update(tmp_path_factory):
-    """`(loss, accum, agg) -> (params, metrics)` of one update on one device, computed once per argument for the
-    tests that compare other layouts with it."""
+    """`(loss, accum, agg) -> (params, metrics)` of one update on one device, computed once per argument (in each
+    test worker) for the tests that compare other layouts with it. agg None: the config's default."""
     results = {}
 
-    def update(loss="dora_indicator", accum=1, agg="token-mean"):
+    def update(loss="dora_indicator", accum=1, agg=None):
         if (loss, accum, agg) not in results:
             c = smoke_config()
             c.mesh.update(data=1, fsdp=1, tensor=1)
             c.optim.grad_accum = accum
-            c.objective.agg = agg
+            if agg is not None:
+                c.objective.agg = agg
             results[loss, accum, agg] = _one_update(c, jax.devices()[:1], tmp_path_factory.mktemp("single"), loss)[1:]
-        return results[loss, accum, agg]
+        return jax.tree.map(lambda x: x, results[loss, accum, agg])  # fresh containers: a test may edit its copy
 
     return update
 

@@ -26,8 +26,7 @@ from dora_jax.trainer import Trainer
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 HEARTBEAT_S = 10  # a killed process is noticed after this long
-# Slow, and on one worker: both tests compare with the module's single-process reference.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("multiprocess")]
+pytestmark = pytest.mark.slow
 
 _CHILD = textwrap.dedent("""
     import os, sys
