@@ -12,11 +12,28 @@ from __future__ import annotations
 
 import numbers
 import os
+import sys
 import time
 
 import numpy as np
 from PIL import Image
-from tensorboardX import SummaryWriter
+
+
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch (seconds, in every training
+    process) when it is installed, only to accept torch tensors, which this writer never passes it."""
+    if "torch" in sys.modules:  # already paid for
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError while tensorboardX loads
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
+SummaryWriter = _summary_writer_class()
 
 SUBDIR = "tensorboard"
 

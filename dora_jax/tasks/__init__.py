@@ -10,21 +10,27 @@ files (`dora_jax.tasks.math`). A task is a class with these members and a config
 registered in TASKS.
 """
 
+import importlib
+
 import ml_collections
 
 from dora_jax import sections
-from dora_jax.tasks.countdown.task import CountdownConfig, CountdownTask
-from dora_jax.tasks.math.task import MathConfig, MathTask
-from dora_jax.tasks.word_problems import WordProblemsConfig, WordProblemsTask
 
-TASKS = {"countdown": (CountdownTask, CountdownConfig), "math": (MathTask, MathConfig),
-         "word_problems": (WordProblemsTask, WordProblemsConfig)}
+# name -> (module, task class, config class). A task's module is imported when a config names it, so importing
+# one part of a task (e.g. the math grader, in each of its worker processes) does not import every task's
+# dependencies (grain, transformers).
+TASKS = {"countdown": ("dora_jax.tasks.countdown.task", "CountdownTask", "CountdownConfig"),
+         "math": ("dora_jax.tasks.math.task", "MathTask", "MathConfig"),
+         "word_problems": ("dora_jax.tasks.word_problems", "WordProblemsTask", "WordProblemsConfig")}
 
 
 def _entry(name: str):
+    """(task class, config class) of task `name`."""
     if name not in TASKS:
         raise sections.ConfigError(f"config.task.name={name!r} is not a known task; use one of {', '.join(TASKS)}.")
-    return TASKS[name]
+    module, task, config = TASKS[name]
+    module = importlib.import_module(module)
+    return getattr(module, task), getattr(module, config)
 
 
 def default_config(name: str = "countdown") -> ml_collections.ConfigDict:

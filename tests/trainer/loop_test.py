@@ -112,7 +112,9 @@ _CHILD = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     from tests import xla_flags
     os.environ["XLA_FLAGS"] = xla_flags(2)
-    os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)  # a process killed mid-write must not share the session's cache
+    # Compiled here, not read from the session's cache: a process killed mid-write must not share it, and on
+    # simulated CPU devices a resumed run that loads its programs from the cache can stall in a collective.
+    os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
     from tests.trainer.loop_test import SHAPE, smoke_config
     from dora_jax.testing import RandomRollouts
     from dora_jax.trainer import Trainer
@@ -128,12 +130,17 @@ def _metrics(workdir):
     return {r["step"]: {k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows}
 
 
+def _run_child(script, *args) -> None:
+    result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_sigkill_and_resume_reproduces_uninterrupted_run(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(_CHILD.format(root=os.path.abspath(ROOT)))
     full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
-    subprocess.run([sys.executable, str(script), full], check=True, capture_output=True)
+    _run_child(script, full)
 
     # Kill the second run as soon as its step-4 checkpoint is on disk. The deadline only guards against a hang: a
     # loaded machine may take minutes to get there, and the test must not depend on how fast it is.
@@ -146,7 +153,7 @@ def test_sigkill_and_resume_reproduces_uninterrupted_run(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert os.path.isdir(os.path.join(killed, "checkpoints", "4"))
-    subprocess.run([sys.executable, str(script), killed], check=True, capture_output=True)
+    _run_child(script, killed)
 
     a, b = _metrics(full), _metrics(killed)
     assert sorted(a) == sorted(b) == list(range(1, 9))
