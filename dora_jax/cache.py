@@ -3,11 +3,14 @@
 A config names how to build the policies it needs (`config.build.ref`, `.nora`, `.teacher`). A
 built policy lives in `CACHE_DIR/<name>-<hash of its config>/policy`, so a later run with the same
 building config reuses it, and any change to that config (a seed, a learning rate) builds anew.
+Runs that share a cache_dir and start together build each entry once: the others wait for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import hashlib
 import os
 
@@ -44,3 +47,24 @@ def reseed(config, seed: int) -> None:
     """Sets `seed` in the config and in the configs that build its policies: each seed is an independent pipeline."""
     for target in with_builds(config):
         target.seed = seed
+
+
+@contextlib.contextmanager
+def exclusive(path: str, enabled: bool = True):
+    """Holds an exclusive lock on `path`.lock while an entry of the cache is built or converted: a run that needs
+    the same entry meanwhile waits, then finds it built. `enabled=False` where the caller's processes build the
+    entry together (a multi-process run), as one of them must not wait for the others."""
+    if not enabled:
+        yield
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(f"{path}.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"Waiting for another run that is building {path}.", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

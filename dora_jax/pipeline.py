@@ -26,6 +26,7 @@ import sys
 import time
 from typing import Any
 
+import jax
 import numpy as np
 from absl import app, flags, logging
 
@@ -205,11 +206,12 @@ def build_policy(build_config, cache_dir: str) -> tuple[str, bool]:
     build_config.cache_dir = cache_dir
     workdir = cache.build_workdir(build_config, cache_dir)
     policy = os.path.join(workdir, POLICY_DIR)
-    if checkpoint.is_checkpoint(policy):
-        print(f"Using the cached {build_config.name} policy {policy}")
-        return policy, False
-    print(f"No {build_config.name} checkpoint given: building it into {workdir} once; later runs reuse it.")
-    run(build_config, workdir)
+    with cache.exclusive(workdir, enabled=jax.process_count() == 1):
+        if checkpoint.is_checkpoint(policy):
+            print(f"Using the cached {build_config.name} policy {policy}")
+            return policy, False
+        print(f"No {build_config.name} checkpoint given: building it into {workdir} once; later runs reuse it.")
+        run(build_config, workdir)
     return policy, True
 
 

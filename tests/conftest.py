@@ -2,6 +2,7 @@
 
 import atexit
 import os
+import pathlib
 import shutil
 import tempfile
 
@@ -21,6 +22,13 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
 
+# One build cache for the session, shared by the `-n 2` workers like the compilation cache: the smoke Ref and Nora
+# and the converted SmolLM2 are built once (dora_jax.cache locks an entry while it is built).
+if "DORA_TEST_BUILD_CACHE" not in os.environ:
+    _builds = tempfile.mkdtemp(prefix="dora_jax_tests_builds_")
+    atexit.register(shutil.rmtree, _builds, ignore_errors=True)
+    os.environ["DORA_TEST_BUILD_CACHE"] = os.path.join(_builds, "cache")
+
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -28,10 +36,10 @@ jax.config.update("jax_platforms", "cpu")
 
 
 @pytest.fixture(scope="session")
-def build_cache(tmp_path_factory):
+def build_cache():
     """One `config.cache_dir` for the session: the smoke Ref and Nora (the notebook's, the pipeline tests') and the
     converted packaged SmolLM2 are built once and read by every test that needs them."""
-    return tmp_path_factory.mktemp("builds") / "cache"
+    return pathlib.Path(os.environ["DORA_TEST_BUILD_CACHE"])
 
 
 def pytest_collection_modifyitems(items):

@@ -10,7 +10,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "dora_jax"
 
 # Lowest first. A module belongs to the first entry that is it or one of its packages.
 LAYERS = (
-    ("dora_jax.batch", "dora_jax.distributed", "dora_jax.sections", "dora_jax.testing", "dora_jax.writers"),
+    ("dora_jax.batch", "dora_jax.cache", "dora_jax.distributed", "dora_jax.sections", "dora_jax.testing", "dora_jax.writers"),
     ("dora_jax.sharding",),
     ("dora_jax.models",),
     ("dora_jax.tasks",),
@@ -18,7 +18,7 @@ LAYERS = (
     ("dora_jax.scoring", "dora_jax.objectives"),
     ("dora_jax.trainer",),
     ("dora_jax.eval",),
-    ("dora_jax.cache", "dora_jax.plan", "dora_jax.pipeline"),
+    ("dora_jax.plan", "dora_jax.pipeline"),
     ("dora_jax.experiments",),
 )
 

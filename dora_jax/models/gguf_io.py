@@ -17,6 +17,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
+from dora_jax import cache
 from dora_jax.models import safetensors_io
 from dora_jax.models.config import ModelConfig, UnsupportedModelError
 
@@ -251,16 +252,11 @@ def model_dir(source: str, cache_dir: str) -> str:
     key = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
     stem = os.path.splitext(os.path.basename(path))[0]
     out = os.path.join(os.path.expanduser(cache_dir), "models", f"{stem}-{key}")
-    if os.path.exists(os.path.join(out, "config.json")):
-        return out
-    print(f"Converting {path} into {out} once; later runs reuse it.")
-    tmp = f"{out}.tmp{os.getpid()}"
-    to_hf_dir(path, tmp)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    try:
+    with cache.exclusive(out):  # every process of a multi-process run too: the first converts, the others wait
+        if os.path.exists(os.path.join(out, "config.json")):
+            return out
+        print(f"Converting {path} into {out} once; later runs reuse it.")
+        tmp = f"{out}.tmp{os.getpid()}"
+        to_hf_dir(path, tmp)
         os.rename(tmp, out)  # the whole dir appears at once
-    except OSError:  # another process converted it first
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -1,0 +1,41 @@
+"""The build cache's lock: runs that share a cache_dir build an entry once, the others wait and reuse it."""
+
+import os
+import threading
+import time
+
+from dora_jax import cache
+
+
+def test_a_second_builder_waits_for_the_first_and_then_finds_the_entry(tmp_path, capsys):
+    entry = str(tmp_path / "cache" / "nora-0123456789")
+    holding, release, seen = threading.Event(), threading.Event(), []
+
+    def first():
+        with cache.exclusive(entry):
+            holding.set()
+            release.wait()
+            os.makedirs(entry)  # built
+            seen.append("first built")
+
+    def second():
+        with cache.exclusive(entry):
+            seen.append(f"second finds it built: {os.path.isdir(entry)}")
+
+    builders = [threading.Thread(target=first)]
+    builders[0].start()
+    holding.wait()
+    with cache.exclusive(entry, enabled=False):  # the processes of one multi-process run never wait for each other
+        seen.append("unlocked")
+    builders.append(threading.Thread(target=second))
+    builders[1].start()
+    out, deadline = "", time.monotonic() + 600  # polled, not timed: the bound only guards against a hang
+    while "Waiting for another run" not in out and time.monotonic() < deadline:
+        out += capsys.readouterr().out
+        time.sleep(0.01)
+    assert f"Waiting for another run that is building {entry}." in out
+    assert seen == ["unlocked"]  # the second is still waiting
+    release.set()
+    for builder in builders:
+        builder.join()
+    assert seen == ["unlocked", "first built", "second finds it built: True"]
