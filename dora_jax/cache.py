@@ -3,7 +3,8 @@
 A config names how to build the policies it needs (`config.build.ref`, `.nora`, `.teacher`). A
 built policy lives in `CACHE_DIR/<name>-<hash of its config>/policy`, so a later run with the same
 building config reuses it, and any change to that config (a seed, a learning rate) builds anew.
-Runs that share a cache_dir and start together build each entry once: the others wait for it.
+Single-process runs that share a cache_dir and start together build each entry once: the others wait
+for it (`exclusive`).
 """
 
 from __future__ import annotations
@@ -51,20 +52,22 @@ def reseed(config, seed: int) -> None:
 
 @contextlib.contextmanager
 def exclusive(path: str, enabled: bool = True):
-    """Holds an exclusive lock on `path`.lock while an entry of the cache is built or converted: a run that needs
-    the same entry meanwhile waits, then finds it built. `enabled=False` where the caller's processes build the
-    entry together (a multi-process run), as one of them must not wait for the others."""
+    """Holds an exclusive lock (the hidden file `.NAME.lock` beside entry `path`) while the entry is built or
+    converted: a run that needs the same entry meanwhile waits, then finds it built. Callers check for a finished
+    entry first, so a read-only cache still serves its hits. `enabled=False` where the caller's processes build the
+    entry together (a multi-process run), as one of them must not wait for the others; such a run does not lock
+    out other runs either. Where the filesystem has no `flock`, the build goes on without the lock, with a warning."""
     if not enabled:
         yield
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(f"{path}.lock", "a") as f:
+    lock_path = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock")
+    with open(lock_path, "a") as f:  # closing the file releases the lock (as does the process's death)
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             print(f"Waiting for another run that is building {path}.", flush=True)
             fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        except OSError as e:  # e.g. a Lustre or FUSE mount without flock
+            print(f"Warning: cannot lock {lock_path} ({e}); building without the lock.", flush=True)
+        yield

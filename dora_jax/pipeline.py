@@ -206,13 +206,14 @@ def build_policy(build_config, cache_dir: str) -> tuple[str, bool]:
     build_config.cache_dir = cache_dir
     workdir = cache.build_workdir(build_config, cache_dir)
     policy = os.path.join(workdir, POLICY_DIR)
-    with cache.exclusive(workdir, enabled=jax.process_count() == 1):
-        if checkpoint.is_checkpoint(policy):
-            print(f"Using the cached {build_config.name} policy {policy}")
-            return policy, False
-        print(f"No {build_config.name} checkpoint given: building it into {workdir} once; later runs reuse it.")
-        run(build_config, workdir)
-    return policy, True
+    if not checkpoint.is_checkpoint(policy):  # checked before the lock too: a read-only cache serves its hits
+        with cache.exclusive(workdir, enabled=jax.process_count() == 1):
+            if not checkpoint.is_checkpoint(policy):  # (another run may have built it while this one waited)
+                print(f"No {build_config.name} checkpoint given: building it into {workdir} once; later runs reuse it.")
+                run(build_config, workdir)
+                return policy, True
+    print(f"Using the cached {build_config.name} policy {policy}")
+    return policy, False
 
 
 def load_task(config):

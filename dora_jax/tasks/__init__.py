@@ -28,8 +28,8 @@ def _entry(name: str):
     """(task class, config class) of task `name`."""
     if name not in TASKS:
         raise sections.ConfigError(f"config.task.name={name!r} is not a known task; use one of {', '.join(TASKS)}.")
-    module, task, config = TASKS[name]
-    module = importlib.import_module(module)
+    module_name, task, config = TASKS[name]
+    module = importlib.import_module(module_name)
     return getattr(module, task), getattr(module, config)
 
 

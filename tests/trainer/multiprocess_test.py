@@ -49,7 +49,7 @@ def config():
     c.model.vocab_size = make_task(c.task).vocab_size
     c.optim.lr = 1e-3
     c.mesh.update(data=2, fsdp=2, tensor=1)
-    c.trainer.update(num_steps=4, checkpoint_every=2)
+    c.trainer.update(num_steps=6, checkpoint_every=2)
     return c
 
 
@@ -118,7 +118,7 @@ def _metrics(workdir) -> dict[int, dict]:
 
 def _assert_same_run(a_dir, b_dir) -> None:
     a, b = _metrics(a_dir), _metrics(b_dir)
-    assert sorted(a) == sorted(b) == list(range(5))
+    assert sorted(a) == sorted(b) == list(range(7))
     for step in a:
         assert a[step].keys() == b[step].keys(), step
         for k in a[step]:
@@ -135,9 +135,10 @@ def test_two_processes_equal_one_with_as_many_devices_and_resume_after_one_is_ki
     workdir = tmp_path / "run"
     started = _start(tmp_path, workdir, env, num_processes=2, devices=2)
     (survivor, survivor_log), (victim, victim_log) = started
-    # Kill process 1 as soon as the step-2 checkpoint is on disk; process 0 must stop by itself.
+    # Kill process 1 as soon as the step-4 checkpoint is on disk (steps 3-4 ran on after the step-2 save); process 0
+    # must stop by itself.
     deadline = time.monotonic() + 600  # only guards against a hang: a loaded machine may take minutes
-    while not (workdir / "checkpoints" / "2").is_dir():
+    while not (workdir / "checkpoints" / "4").is_dir():
         assert time.monotonic() < deadline and survivor.poll() is None and victim.poll() is None, _tail(victim_log)
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
@@ -150,12 +151,14 @@ def test_two_processes_equal_one_with_as_many_devices_and_resume_after_one_is_ki
         raise AssertionError(f"process 0 still runs 60 s after process 1 died:\n{_tail(survivor_log)}") from None
     assert rc != 0 and time.monotonic() - killed_at < 60
     with open(survivor_log) as f:
-        assert "another task died" in f.read(), _tail(survivor_log)  # jax's own message
+        log = f.read()
+    assert "another task died" in log, _tail(survivor_log)  # jax's own message
+    assert "Resumed" not in log  # a fresh workdir starts from step 0
 
     logs = _finish(_start(tmp_path, workdir, env, num_processes=2, devices=2))
     for log in logs:
-        assert f"Resumed from {workdir}/checkpoints at step 2." in log, log[-3000:]
-    # Steps 1-2 come from the first 2-process run, steps 3-4 from the resumed one: each equals the reference.
+        assert f"Resumed from {workdir}/checkpoints at step 4." in log, log[-3000:]
+    # Steps 1-4 come from the first 2-process run, steps 5-6 from the resumed one: each equals the reference.
     _assert_same_run(reference, workdir)
     # Process 0 alone wrote the per-run files: no line twice, none lost across the resume.
     assert (workdir / "samples.jsonl").read_text() == (reference / "samples.jsonl").read_text() != ""

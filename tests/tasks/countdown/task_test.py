@@ -19,3 +19,11 @@ def test_a_validation_split_is_carved_from_the_rl_problems_only():
     assert held.splits["eval"] == plain.splits["eval"] and held.splits["sft"] == plain.splits["sft"]
     assert "validation" not in plain.splits
     assert held.rare_only(held.splits["validation"]).shape == (30,)
+
+
+def test_every_registered_task_resolves_to_its_classes():
+    from dora_jax import tasks
+    for name in tasks.TASKS:  # the registry names modules as strings: a typo shows here, not in a user's run
+        task_class = tasks.task_class(name)
+        assert task_class.__name__ == tasks.TASKS[name][1]
+        assert type(tasks.parse_config(tasks.default_config(name))).__name__ == tasks.TASKS[name][2]
