@@ -4,7 +4,7 @@ A config names how to build the policies it needs (`config.build.ref`, `.nora`, 
 built policy lives in `CACHE_DIR/<name>-<hash of its config>/policy`, so a later run with the same
 building config reuses it, and any change to that config (a seed, a learning rate) builds anew.
 Single-process runs that share a cache_dir and start together build each entry once: the others wait
-for it (`exclusive`).
+for it (`build_once`).
 """
 
 from __future__ import annotations
@@ -71,3 +71,16 @@ def exclusive(path: str, enabled: bool = True):
         except OSError as e:  # e.g. a Lustre or FUSE mount without flock
             print(f"Warning: cannot lock {lock_path} ({e}); building without the lock.", flush=True)
         yield
+
+
+def build_once(path: str, is_built, build, enabled: bool = True) -> bool:
+    """Calls `build()` unless `is_built()`, under `exclusive(path, enabled)`; whether this call built the entry.
+    `is_built` is checked before the lock (a read-only cache serves its hits) and again under it (another run may
+    have built the entry while this one waited)."""
+    if is_built():
+        return False
+    with exclusive(path, enabled):
+        if is_built():
+            return False
+        build()
+        return True

@@ -206,14 +206,17 @@ def build_policy(build_config, cache_dir: str) -> tuple[str, bool]:
     build_config.cache_dir = cache_dir
     workdir = cache.build_workdir(build_config, cache_dir)
     policy = os.path.join(workdir, POLICY_DIR)
-    if not checkpoint.is_checkpoint(policy):  # checked before the lock too: a read-only cache serves its hits
-        with cache.exclusive(workdir, enabled=jax.process_count() == 1):
-            if not checkpoint.is_checkpoint(policy):  # (another run may have built it while this one waited)
-                print(f"No {build_config.name} checkpoint given: building it into {workdir} once; later runs reuse it.")
-                run(build_config, workdir)
-                return policy, True
-    print(f"Using the cached {build_config.name} policy {policy}")
-    return policy, False
+
+    def build():
+        print(f"No {build_config.name} checkpoint given: building it into {workdir} once; later runs reuse it.")
+        run(build_config, workdir)
+
+    # Every process of a multi-process run builds (the build is collective): none may wait for the others' lock.
+    built = cache.build_once(workdir, lambda: checkpoint.is_checkpoint(policy), build,
+                             enabled=jax.process_count() == 1)
+    if not built:
+        print(f"Using the cached {build_config.name} policy {policy}")
+    return policy, built
 
 
 def load_task(config):

@@ -22,14 +22,14 @@ from PIL import Image
 def _summary_writer_class():
     """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch (seconds, in every training
     process) when it is installed, only to accept torch tensors, which this writer never passes it."""
-    if "torch" in sys.modules:  # already paid for
-        from tensorboardX import SummaryWriter
-        return SummaryWriter
-    sys.modules["torch"] = None  # `import torch` raises ImportError while tensorboardX loads
+    block = "torch" not in sys.modules  # (an imported torch is already paid for)
+    if block:
+        sys.modules["torch"] = None  # `import torch` raises ImportError while tensorboardX loads
     try:
         from tensorboardX import SummaryWriter
     finally:
-        del sys.modules["torch"]
+        if block:
+            del sys.modules["torch"]
     return SummaryWriter
 
 

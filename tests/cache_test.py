@@ -48,3 +48,15 @@ def test_a_second_builder_waits_for_the_first_and_then_finds_the_entry(tmp_path,
         builder.join()
     assert seen == ["unlocked", "first built", "second finds it built: True"]
     assert sorted(os.listdir(tmp_path / "cache")) == [".nora-0123456789.lock", "nora-0123456789"]  # the lock: hidden
+
+
+def test_build_once_builds_a_missing_entry_and_then_reads_it(tmp_path):
+    entry, calls = str(tmp_path / "cache" / "ref-0123456789"), []
+
+    def build():
+        calls.append("built")
+        os.makedirs(entry)
+
+    assert cache.build_once(entry, lambda: os.path.isdir(entry), build)
+    assert not cache.build_once(entry, lambda: os.path.isdir(entry), build)
+    assert calls == ["built"]

@@ -14,20 +14,26 @@ os.environ.setdefault("XLA_FLAGS", xla_flags(8))  # 8 simulated CPU devices for 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")  # figures are written to files only
-# Many tests compile the same small programs (the smoke model's sampler and update step), in this process and in
-# the launchers they start: one on-disk XLA cache for the session, inherited by subprocesses, compiles each once.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    _cache = tempfile.mkdtemp(prefix="dora_jax_tests_xla_")
-    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
-    os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
 
-# One build cache for the session, shared by the `-n 2` workers like the compilation cache: the smoke Ref and Nora
-# and the converted SmolLM2 are built once (dora_jax.cache locks an entry while it is built).
-if "DORA_TEST_BUILD_CACHE" not in os.environ:
-    _builds = tempfile.mkdtemp(prefix="dora_jax_tests_builds_")
-    atexit.register(shutil.rmtree, _builds, ignore_errors=True)
-    os.environ["DORA_TEST_BUILD_CACHE"] = os.path.join(_builds, "cache")
+
+def _session_dir(variable: str, prefix: str) -> str:
+    """The directory in environment variable `variable`, made (and removed at exit) unless it is set: the `-n 2`
+    workers and the processes tests start inherit this process's."""
+    if variable not in os.environ:
+        path = tempfile.mkdtemp(prefix=prefix)
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+        os.environ[variable] = path
+    return os.environ[variable]
+
+
+# Many tests compile the same small programs (the smoke model's sampler and update step), in this process and in
+# the launchers they start: one on-disk XLA cache for the session compiles each once.
+_session_dir("JAX_COMPILATION_CACHE_DIR", "dora_jax_tests_xla_")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+# One build cache for the session, shared like the compilation cache: the smoke Ref and Nora and the converted
+# SmolLM2 are built once (dora_jax.cache locks an entry while it is built).
+_session_dir("DORA_TEST_BUILD_CACHE", "dora_jax_tests_builds_")
 
 import jax  # noqa: E402
 
@@ -39,7 +45,7 @@ jax.config.update("jax_platforms", "cpu")
 def build_cache():
     """One `config.cache_dir` for the session: the smoke Ref and Nora (the notebook's, the pipeline tests') and the
     converted packaged SmolLM2 are built once and read by every test that needs them."""
-    return pathlib.Path(os.environ["DORA_TEST_BUILD_CACHE"])
+    return pathlib.Path(os.environ["DORA_TEST_BUILD_CACHE"]) / "cache"
 
 
 def pytest_collection_modifyitems(items):

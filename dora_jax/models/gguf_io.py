@@ -252,11 +252,8 @@ def model_dir(source: str, cache_dir: str) -> str:
     key = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
     stem = os.path.splitext(os.path.basename(path))[0]
     out = os.path.join(os.path.expanduser(cache_dir), "models", f"{stem}-{key}")
-    if os.path.exists(os.path.join(out, "config.json")):  # checked before the lock: a read-only cache serves hits
-        return out
-    with cache.exclusive(out):  # every process of a multi-process run too: the first converts, the others wait
-        if os.path.exists(os.path.join(out, "config.json")):
-            return out
+
+    def convert():
         print(f"Converting {path} into {out} once; later runs reuse it.")
         tmp = f"{out}.tmp{os.getpid()}"
         to_hf_dir(path, tmp)
@@ -266,4 +263,7 @@ def model_dir(source: str, cache_dir: str) -> str:
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
+
+    # Locked in every process of a multi-process run too: a conversion is not collective.
+    cache.build_once(out, lambda: os.path.exists(os.path.join(out, "config.json")), convert)
     return out
