@@ -65,6 +65,7 @@ class Evaluator:
             problems = problems[: self.options.max_problems]
         self.problems = problems
         self.rare_only = task.rare_only(problems) if hasattr(task, "rare_only") else None
+        self.solved_by = task.solved_by(problems) if hasattr(task, "solved_by") else None
 
     def sample(self, params, problems, n: int, seed: int, desc: str | None = None) -> dict[str, np.ndarray]:
         """n samples per problem: {"correct", "valid", "strategy", "length"} arrays [len(problems), n], and "tokens"
@@ -116,7 +117,7 @@ class Evaluator:
         clusters = None
         if not self.task.strategy_names and "ref" in results and "nora" in results:
             clusters = joint_clusters(results, self.task, self.problems, self.config.diversity)
-        return summarize(results, self.task, self.rare_only, clusters)
+        return summarize(results, self.task, self.rare_only, clusters, self.solved_by)
 
     def final(self, params_by_policy: dict) -> dict[str, dict[str, np.ndarray]]:
         n = self.options.samples
@@ -189,12 +190,32 @@ def recovery(results: dict[str, dict[str, np.ndarray]], ids: dict[str, np.ndarra
     return out
 
 
+def forgotten_only(results: dict[str, dict[str, np.ndarray]], forgotten: list[int], solved_by_PxK: np.ndarray) -> dict | None:
+    """pass@8 of every policy on the problems that only forgotten strategies solve (None if there are none).
+
+    `solved_by_PxK` marks which strategies solve each evaluated problem. These problems are what a policy that
+    rediscovers the forgotten strategies gains on; rare-only problems may also be solved by a rare strategy that
+    Nora kept (or gained)."""
+    solved_by_PxK = np.asarray(solved_by_PxK, bool)
+    kept_K = ~np.isin(np.arange(solved_by_PxK.shape[1]), forgotten)
+    only_P = solved_by_PxK.any(axis=1) & ~np.any(solved_by_PxK & kept_K, axis=1)
+    if not only_P.any():
+        return None
+    n = min(r["correct"].shape[1] for r in results.values())
+    k = min(8, n)
+    return {"problems": int(only_P.sum()), "k": k,
+            "pass@k": {name: float(np.mean(passk.pass_at_k(r["correct"].shape[1], r["correct"][only_P].sum(1), k)))
+                       for name, r in results.items()}}
+
+
 def summarize(results: dict[str, dict[str, np.ndarray]], task, rare_only: np.ndarray | None = None,
-              cluster_ids: dict[str, np.ndarray] | None = None) -> dict:
+              cluster_ids: dict[str, np.ndarray] | None = None, solved_by: np.ndarray | None = None) -> dict:
     """eval.json's content: per-policy pass@k and diversity, forgotten-strategy recovery, and mixed pass@k of
     every pair (k/2 samples each).
 
     `rare_only` marks the evaluated problems only rare strategies solve (their pass@8 is reported).
+    `solved_by` [problems, strategies] marks which strategies solve each problem: with it, the pass@8 on the
+    problems that only forgotten strategies solve is reported too (`forgotten_only`).
     `cluster_ids`: for a task without strategy labels, each policy's samples' cluster ids, unique across
     problems (`joint_clusters`); recovery is then measured over clusters.
     """
@@ -204,6 +225,9 @@ def summarize(results: dict[str, dict[str, np.ndarray]], task, rare_only: np.nda
     if found is not None:
         found["source"] = "labels" if labelled else "clusters"
         if labelled:
+            only = None if solved_by is None else forgotten_only(results, found["strategies"], solved_by)
+            if only is not None:
+                found["only"] = only
             found["strategies"] = [task.strategy_name(s) for s in found["strategies"]]
         else:
             found["strategies"] = len(found["strategies"])  # (problem, cluster) pairs
@@ -217,6 +241,10 @@ def summarize(results: dict[str, dict[str, np.ndarray]], task, rare_only: np.nda
         summary["mixtures"][f"{a}+{b}"] = {"pass@k": pass_k}
     any_result = next(iter(results.values()))
     summary["num_problems"], summary["samples_per_problem"] = any_result["correct"].shape
+    if labelled and solved_by is not None and rare_only is not None and rare_only.any():
+        # How many rare-only problems each strategy solves: a rare strategy Nora kept may solve many of them.
+        solvers_K = np.asarray(solved_by, bool)[rare_only].sum(axis=0)
+        summary["rare_only_solved_by"] = {task.strategy_name(k): int(c) for k, c in enumerate(solvers_K) if c}
     summary["labelled_strategies"] = labelled
     return summary
 

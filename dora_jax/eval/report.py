@@ -119,6 +119,9 @@ def write_report(workdir: str, config, summary: dict) -> str:
                       "differences between policies of this size are not evidence."]
     if summary.get("labelled_strategies", True):
         lines += _diversity_table(p, k8)
+    if summary.get("rare_only_solved_by"):
+        lines += ["", "Rare-only problems solved by each strategy: " + ", ".join(
+            f"{name} {count}" for name, count in summary["rare_only_solved_by"].items()) + "."]
     lines += forgotten_section(summary)
     lines += ["", "## pass@k", "", *passk_table(summary)]
     found = checks(summary, summary.get("kl_to_nora"))
@@ -179,12 +182,17 @@ def forgotten_section(summary: dict) -> list[str]:
         r = found["rollouts"]
         lines += ["", f"The trained policy's own rollouts used a forgotten strategy in {r['first_update']:.1%} of samples "
                       f"at its first update and {r['last_10_updates']:.1%} over its last 10 (figures/diagnosis.png)."]
-    lines += ["", "| policy | share on forgotten | recovery | correct share on forgotten | correct-only recovery |",
-              "|---|---|---|---|---|"]
+    only = found.get("only")
+    if only:
+        lines += ["", f"Forgotten-only problems: the {only['problems']} evaluated problems that only forgotten "
+                      f"strategies solve; their pass@{only['k']} is what rediscovering them gains (a rare-only "
+                      "problem may also be solved by a rare strategy Nora kept)."]
+    lines += ["", "| policy | share on forgotten | recovery | correct share on forgotten | correct-only recovery |"
+              + (f" forgotten-only pass@{only['k']} |" if only else ""), "|---|---|---|---|---|" + ("---|" if only else "")]
     for n in names:
         e = found["policies"][n]
         lines.append(f"| {_label(n)} | {e['mass']:.3f} | {fmt(e['recovery'])} | {e['correct_mass']:.3f} | "
-                     f"{fmt(e['correct_recovery'])} |")
+                     f"{fmt(e['correct_recovery'])} |" + (f" {fmt(only['pass@k'][n])} |" if only else ""))
     return lines
 
 
@@ -249,6 +257,12 @@ def recovery_of(summary: dict, policy: str, key: str = "recovery") -> float | No
     return summary.get("forgotten", {}).get("policies", {}).get(policy, {}).get(key)
 
 
+def forgotten_only_of(summary: dict, policy: str) -> float | None:
+    """A policy's pass@8 on the problems only forgotten strategies solve (None where it is not measured)."""
+    only = summary.get("forgotten", {}).get("only") or {}
+    return only["pass@k"].get(policy) if only.get("k") == 8 else None
+
+
 def compare_table(summaries: dict[str, dict[int, dict]], seeds: list[int], title: str | None = None) -> str:
     """compare.md: per method, mean ± sample std over seeds of pass@1/8/32, diversity, KL to Nora, time."""
     columns = {
@@ -258,6 +272,7 @@ def compare_table(summaries: dict[str, dict[int, dict]], seeds: list[int], title
         "recovery": lambda s, n: recovery_of(s, n),
         "correct-only recovery": lambda s, n: recovery_of(s, n, "correct_recovery"),
         "rare-only pass@8": lambda s, n: s["policies"][n].get("rare_only", {}).get("pass@8"),
+        "forgotten-only pass@8": lambda s, n: forgotten_only_of(s, n),
         "valid": lambda s, n: s["policies"][n]["valid_frac"],
         "distinct correct strategies / problem": lambda s, n: s["policies"][n]["distinct_correct_strategies"],
         "KL to Nora (last update)": lambda s, n: s.get("kl_to_nora") if n not in ("ref", "nora") else None,
@@ -281,6 +296,8 @@ def compare_table(summaries: dict[str, dict[int, dict]], seeds: list[int], title
     tests = {  # per-seed statement about a method's trained policy -> holds
         "+Nora pass@8 > Nora+Ref": lambda s, n: holds(_lookup(s, f"{n}+nora", 8), operator.gt, _lookup(s, "nora+ref", 8)),
         "rare-only pass@8 > Nora's": lambda s, n: holds(rare(s, n), operator.gt, rare(s, "nora")),
+        "forgotten-only pass@8 > Nora's": lambda s, n: holds(forgotten_only_of(s, n), operator.gt,
+                                                            forgotten_only_of(s, "nora")),
         "pass@1 >= 70% of Nora's": lambda s, n: holds(_lookup(s, n, 1), lambda a, b: a >= 0.7 * b, _lookup(s, "nora", 1)),
         "recovery >= 0.5": lambda s, n: holds(recovery_of(s, n), operator.ge, 0.5),
     }

@@ -60,19 +60,73 @@ def test_an_unlabelled_task_clusters_every_policys_samples_of_a_problem_together
     assert len(found["strategies"]) == 2 and found["policies"]["ref"]["recovery"] == pytest.approx(1.0)
 
 
-def _summary(dora_recovery: float, dora_nora: float, rare: float) -> dict:
+def test_forgotten_only_problems_are_those_only_forgotten_strategies_solve():
+    # Strategy 2 is forgotten. Problem 0 is also solved by strategy 0 (kept), problem 1 only by 2, problem 2 by
+    # 1 and 2, problem 3 by nothing: only problem 1 counts.
+    solved_by = np.array([[1, 0, 1], [0, 0, 1], [0, 1, 1], [0, 0, 0]], bool)
+    correct = {"ref": [8, 4, 8, 0], "nora": [8, 0, 8, 0], "dora": [0, 1, 0, 0]}  # correct samples of 8 per problem
+    results = {name: {"correct": np.arange(8)[None, :] < np.array(c)[:, None]} for name, c in correct.items()}
+    only = evaluate.forgotten_only(results, [2], solved_by)
+    assert only["problems"] == 1 and only["k"] == 8
+    assert only["pass@k"] == {"ref": 1.0, "nora": 0.0, "dora": 1.0}  # 8 of 8 samples: any correct one is drawn
+    assert evaluate.forgotten_only(results, [0], solved_by) is None  # strategy 0 never solves a problem alone
+
+
+def _summary(dora_recovery: float, dora_nora: float, rare: float, only: float = 0.1) -> dict:
     def policy(acc):
         return {"accuracy": acc, "valid_frac": 0.9, "pass@k": {"1": acc, "8": acc + 0.2, "32": acc + 0.3},
                 "distinct_correct_strategies": 1.0, "rare_only": {"problems": 5, "pass@8": rare if acc < 0.25 else 0.3}}
     return {"policies": {"ref": policy(0.2), "nora": policy(0.3), "dora": policy(0.24)},
             "mixtures": {"dora+nora": {"pass@k": {"8": dora_nora}}, "nora+ref": {"pass@k": {"8": 0.55}}},
-            "forgotten": {"policies": {"dora": {"recovery": dora_recovery, "correct_recovery": 0.1}}},
+            "forgotten": {"policies": {"dora": {"recovery": dora_recovery, "correct_recovery": 0.1}},
+                          "only": {"problems": 3, "k": 8, "pass@k": {"ref": 0.3, "nora": 0.15, "dora": only}}},
             "timing": {}, "kl_to_nora": 0.2}
 
 
 def test_the_comparison_counts_the_seeds_in_which_each_target_holds():
-    text = report.compare_table({"signed": {0: _summary(0.6, 0.6, 0.4), 1: _summary(0.4, 0.5, 0.2)}}, [0, 1])
-    assert "| recovery | correct-only recovery | rare-only pass@8 | valid |" in text
+    text = report.compare_table({"signed": {0: _summary(0.6, 0.6, 0.4, 0.2), 1: _summary(0.4, 0.5, 0.2)}}, [0, 1])
+    assert "| recovery | correct-only recovery | rare-only pass@8 | forgotten-only pass@8 | valid |" in text
     row = [line for line in text.splitlines() if line.startswith("| signed |")][-1]
-    # +Nora > Nora+Ref in 1 of 2, rare-only above Nora's 0.3 in 1, pass@1 0.24 >= 0.21 in both, recovery in 1.
-    assert row == "| signed | 1/2 | 1/2 | 2/2 | 1/2 |"
+    # +Nora > Nora+Ref in 1 of 2, rare-only above Nora's 0.3 in 1, forgotten-only above Nora's 0.15 in 1,
+    # pass@1 0.24 >= 0.21 in both, recovery in 1.
+    assert row == "| signed | 1/2 | 1/2 | 1/2 | 2/2 | 1/2 |"
+
+
+def test_the_report_shows_forgotten_only_pass_at_8_beside_recovery():
+    counts = {"sum": 5, "product": 1}
+    policy = {"strategy_counts": counts, "correct_strategy_counts": counts}
+    found = {"strategies": ["product"], "source": "labels",
+             "policies": {n: {"mass": 0.1, "recovery": 0.5, "correct_mass": 0.1, "correct_recovery": 0.5}
+                          for n in ("ref", "nora")}}
+    summary = {"policies": {"ref": policy, "nora": policy}, "forgotten": found}
+    assert "forgotten-only" not in "\n".join(report.forgotten_section(summary))
+    found["only"] = {"problems": 3, "k": 8, "pass@k": {"ref": 0.333, "nora": 0.125}}
+    lines = report.forgotten_section(summary)
+    assert any("the 3 evaluated problems that only forgotten strategies solve" in line for line in lines)
+    assert "| Nora | 0.100 | 0.500 | 0.100 | 0.500 | 0.125 |" in lines
+
+
+class _LabelledTask:
+    strategy_names = ("a", "b", "c")
+
+    def strategy_name(self, i):
+        return self.strategy_names[i] if 0 <= i < 3 else "invalid/other"
+
+
+def test_the_summary_counts_which_strategies_solve_the_rare_only_problems_and_the_forgotten_only_ones():
+    # 4 problems x 8 samples. Ref samples strategies 0 and 2, Nora only 0 (2 is forgotten); problem 1 only 2 solves.
+    solved_by = np.array([[1, 0, 1], [0, 0, 1], [0, 1, 1], [1, 0, 0]], bool)
+    rare_only = np.array([False, True, True, False])
+
+    def result(ids, correct_problems):
+        ids = np.broadcast_to(np.array(ids), (4, 8)).copy()
+        correct = np.zeros((4, 8), bool)
+        correct[correct_problems, 0] = True
+        return {"strategy": ids, "correct": correct, "valid": np.ones((4, 8), bool), "length": np.ones((4, 8))}
+
+    results = {"ref": result([0, 0, 0, 0, 2, 2, 2, 2], [0, 1]), "nora": result([0] * 8, [0])}
+    summary = evaluate.summarize(results, _LabelledTask(), rare_only, solved_by=solved_by)
+    assert summary["rare_only_solved_by"] == {"b": 1, "c": 2}
+    assert summary["forgotten"]["strategies"] == ["c"]
+    assert summary["forgotten"]["only"] == {"problems": 1, "k": 8, "pass@k": {"ref": 1.0, "nora": 0.0}}
+    assert "only" not in evaluate.summarize(results, _LabelledTask(), rare_only)["forgotten"]

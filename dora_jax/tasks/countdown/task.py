@@ -58,10 +58,15 @@ class CountdownTask:
             self.splits["rl"], self.splits["validation"] = rl[:-cfg.validation_problems], rl[-cfg.validation_problems:]
 
     @staticmethod
+    def solved_by(problems) -> np.ndarray:
+        """[len(problems), len(strategy_names)] bool: which strategies (templates) solve each problem."""
+        return countdown.solvable_matrix(problems)
+
+    @staticmethod
     def rare_only(problems) -> np.ndarray:
         """[len(problems)] bool: the problems only rare templates solve."""
         common = np.asarray(countdown.SFT_WEIGHTS) > countdown.RARE_MAX_WEIGHT
-        return ~np.any(countdown.solvable_matrix(problems) & common, axis=1)
+        return ~np.any(CountdownTask.solved_by(problems) & common, axis=1)
 
     def problems(self, split: str, start: int, count: int, seed: int) -> list:
         """`count` problems of `split` from position `start` of an endless stream of seeded shuffled epochs."""
