@@ -145,9 +145,16 @@ def _policy_summary(r: dict[str, np.ndarray], task, rare: np.ndarray | None) -> 
         "response_length": float(r["length"].mean()),
     }
     if rare is not None and len(rare) == P and rare.any():
-        k = min(8, n)
-        out["rare_only"] = {"problems": int(rare.sum()), f"pass@{k}": float(np.mean(passk.pass_at_k(n, c_P[rare], k)))}
+        out["rare_only"] = pass_on(correct, rare)
     return out
+
+
+def pass_on(correct_PxN: np.ndarray, problems_P: np.ndarray) -> dict:
+    """{"problems": count, "pass@8": mean pass@8} over the marked problems (pass@n with fewer than 8 samples)."""
+    n = correct_PxN.shape[1]
+    k = min(8, n)
+    return {"problems": int(problems_P.sum()),
+            f"pass@{k}": float(np.mean(passk.pass_at_k(n, correct_PxN[problems_P].sum(1), k)))}
 
 
 FORGOTTEN_SHARE = 0.5  # a strategy is forgotten when Nora's share of samples is below this fraction of Ref's
@@ -190,22 +197,14 @@ def recovery(results: dict[str, dict[str, np.ndarray]], ids: dict[str, np.ndarra
     return out
 
 
-def forgotten_only(results: dict[str, dict[str, np.ndarray]], forgotten: list[int], solved_by_PxK: np.ndarray) -> dict | None:
-    """pass@8 of every policy on the problems that only forgotten strategies solve (None if there are none).
+def forgotten_only(solved_by_PxK: np.ndarray, forgotten: list[int]) -> np.ndarray:
+    """[P] bool: the problems that some forgotten strategy solves and no other strategy does.
 
-    `solved_by_PxK` marks which strategies solve each evaluated problem. These problems are what a policy that
-    rediscovers the forgotten strategies gains on; rare-only problems may also be solved by a rare strategy that
-    Nora kept (or gained)."""
+    `solved_by_PxK` marks which strategies solve each evaluated problem. Only rediscovering the forgotten
+    strategies solves these; a rare-only problem may also be solved by a rare strategy Nora kept (or gained)."""
     solved_by_PxK = np.asarray(solved_by_PxK, bool)
-    kept_K = ~np.isin(np.arange(solved_by_PxK.shape[1]), forgotten)
-    only_P = solved_by_PxK.any(axis=1) & ~np.any(solved_by_PxK & kept_K, axis=1)
-    if not only_P.any():
-        return None
-    n = min(r["correct"].shape[1] for r in results.values())
-    k = min(8, n)
-    return {"problems": int(only_P.sum()), "k": k,
-            "pass@k": {name: float(np.mean(passk.pass_at_k(r["correct"].shape[1], r["correct"][only_P].sum(1), k)))
-                       for name, r in results.items()}}
+    not_forgotten_K = ~np.isin(np.arange(solved_by_PxK.shape[1]), forgotten)
+    return solved_by_PxK.any(axis=1) & ~np.any(solved_by_PxK & not_forgotten_K, axis=1)
 
 
 def summarize(results: dict[str, dict[str, np.ndarray]], task, rare_only: np.ndarray | None = None,
@@ -214,8 +213,8 @@ def summarize(results: dict[str, dict[str, np.ndarray]], task, rare_only: np.nda
     every pair (k/2 samples each).
 
     `rare_only` marks the evaluated problems only rare strategies solve (their pass@8 is reported).
-    `solved_by` [problems, strategies] marks which strategies solve each problem: with it, the pass@8 on the
-    problems that only forgotten strategies solve is reported too (`forgotten_only`).
+    `solved_by` [problems, strategies] marks which strategies solve each problem: with it, each policy's pass@8
+    on the problems that only forgotten strategies solve is reported too (`forgotten_only`).
     `cluster_ids`: for a task without strategy labels, each policy's samples' cluster ids, unique across
     problems (`joint_clusters`); recovery is then measured over clusters.
     """
@@ -225,9 +224,10 @@ def summarize(results: dict[str, dict[str, np.ndarray]], task, rare_only: np.nda
     if found is not None:
         found["source"] = "labels" if labelled else "clusters"
         if labelled:
-            only = None if solved_by is None else forgotten_only(results, found["strategies"], solved_by)
-            if only is not None:
-                found["only"] = only
+            only_P = None if solved_by is None else forgotten_only(solved_by, found["strategies"])
+            if only_P is not None and only_P.any():
+                for name, r in results.items():
+                    summary["policies"][name]["forgotten_only"] = pass_on(r["correct"], only_P)
             found["strategies"] = [task.strategy_name(s) for s in found["strategies"]]
         else:
             found["strategies"] = len(found["strategies"])  # (problem, cluster) pairs

@@ -182,17 +182,19 @@ def forgotten_section(summary: dict) -> list[str]:
         r = found["rollouts"]
         lines += ["", f"The trained policy's own rollouts used a forgotten strategy in {r['first_update']:.1%} of samples "
                       f"at its first update and {r['last_10_updates']:.1%} over its last 10 (figures/diagnosis.png)."]
-    only = found.get("only")
+    only = {n: p[n]["forgotten_only"] for n in names if "forgotten_only" in p[n]}
     if only:
-        lines += ["", f"Forgotten-only problems: the {only['problems']} evaluated problems that only forgotten "
-                      f"strategies solve; their pass@{only['k']} is what rediscovering them gains (a rare-only "
-                      "problem may also be solved by a rare strategy Nora kept)."]
+        first = next(iter(only.values()))  # {"problems": count, "pass@8": value}
+        k = next(key for key in first if key.startswith("pass@"))
+        lines += ["", f"Forgotten-only problems: the {first['problems']} evaluated problems that only forgotten strategies solve; "
+                      "only rediscovering those strategies solves them (a rare-only problem may also be solved by a "
+                      "rare strategy Nora kept)."]
     lines += ["", "| policy | share on forgotten | recovery | correct share on forgotten | correct-only recovery |"
-              + (f" forgotten-only pass@{only['k']} |" if only else ""), "|---|---|---|---|---|" + ("---|" if only else "")]
+              + (f" forgotten-only {k} |" if only else ""), "|---|---|---|---|---|" + ("---|" if only else "")]
     for n in names:
         e = found["policies"][n]
         lines.append(f"| {_label(n)} | {e['mass']:.3f} | {fmt(e['recovery'])} | {e['correct_mass']:.3f} | "
-                     f"{fmt(e['correct_recovery'])} |" + (f" {fmt(only['pass@k'][n])} |" if only else ""))
+                     f"{fmt(e['correct_recovery'])} |" + (f" {fmt(only.get(n, {}).get(k))} |" if only else ""))
     return lines
 
 
@@ -257,10 +259,9 @@ def recovery_of(summary: dict, policy: str, key: str = "recovery") -> float | No
     return summary.get("forgotten", {}).get("policies", {}).get(policy, {}).get(key)
 
 
-def forgotten_only_of(summary: dict, policy: str) -> float | None:
-    """A policy's pass@8 on the problems only forgotten strategies solve (None where it is not measured)."""
-    only = summary.get("forgotten", {}).get("only") or {}
-    return only["pass@k"].get(policy) if only.get("k") == 8 else None
+def pass8_on(summary: dict, policy: str, problems: str) -> float | None:
+    """A policy's pass@8 on a subset of the problems, "rare_only" or "forgotten_only" (None where not measured)."""
+    return summary["policies"].get(policy, {}).get(problems, {}).get("pass@8")
 
 
 def compare_table(summaries: dict[str, dict[int, dict]], seeds: list[int], title: str | None = None) -> str:
@@ -271,8 +272,8 @@ def compare_table(summaries: dict[str, dict[int, dict]], seeds: list[int], title
         "Nora+Ref pass@8": lambda s, n: _lookup(s, "nora+ref", 8) if n not in ("ref", "nora") else None,
         "recovery": lambda s, n: recovery_of(s, n),
         "correct-only recovery": lambda s, n: recovery_of(s, n, "correct_recovery"),
-        "rare-only pass@8": lambda s, n: s["policies"][n].get("rare_only", {}).get("pass@8"),
-        "forgotten-only pass@8": lambda s, n: forgotten_only_of(s, n),
+        "rare-only pass@8": lambda s, n: pass8_on(s, n, "rare_only"),
+        "forgotten-only pass@8": lambda s, n: pass8_on(s, n, "forgotten_only"),
         "valid": lambda s, n: s["policies"][n]["valid_frac"],
         "distinct correct strategies / problem": lambda s, n: s["policies"][n]["distinct_correct_strategies"],
         "KL to Nora (last update)": lambda s, n: s.get("kl_to_nora") if n not in ("ref", "nora") else None,
@@ -292,12 +293,12 @@ def compare_table(summaries: dict[str, dict[int, dict]], seeds: list[int], title
     def holds(a, compare, b):  # a statement whose figures were not measured (too few samples) does not hold
         return a is not None and b is not None and compare(a, b)
 
-    rare = lambda s, n: s["policies"].get(n, {}).get("rare_only", {}).get("pass@8")  # noqa: E731
     tests = {  # per-seed statement about a method's trained policy -> holds
         "+Nora pass@8 > Nora+Ref": lambda s, n: holds(_lookup(s, f"{n}+nora", 8), operator.gt, _lookup(s, "nora+ref", 8)),
-        "rare-only pass@8 > Nora's": lambda s, n: holds(rare(s, n), operator.gt, rare(s, "nora")),
-        "forgotten-only pass@8 > Nora's": lambda s, n: holds(forgotten_only_of(s, n), operator.gt,
-                                                            forgotten_only_of(s, "nora")),
+        "rare-only pass@8 > Nora's": lambda s, n: holds(pass8_on(s, n, "rare_only"), operator.gt,
+                                                       pass8_on(s, "nora", "rare_only")),
+        "forgotten-only pass@8 > Nora's": lambda s, n: holds(pass8_on(s, n, "forgotten_only"), operator.gt,
+                                                            pass8_on(s, "nora", "forgotten_only")),
         "pass@1 >= 70% of Nora's": lambda s, n: holds(_lookup(s, n, 1), lambda a, b: a >= 0.7 * b, _lookup(s, "nora", 1)),
         "recovery >= 0.5": lambda s, n: holds(recovery_of(s, n), operator.ge, 0.5),
     }

@@ -64,22 +64,27 @@ def test_forgotten_only_problems_are_those_only_forgotten_strategies_solve():
     # Strategy 2 is forgotten. Problem 0 is also solved by strategy 0 (kept), problem 1 only by 2, problem 2 by
     # 1 and 2, problem 3 by nothing: only problem 1 counts.
     solved_by = np.array([[1, 0, 1], [0, 0, 1], [0, 1, 1], [0, 0, 0]], bool)
-    correct = {"ref": [8, 4, 8, 0], "nora": [8, 0, 8, 0], "dora": [0, 1, 0, 0]}  # correct samples of 8 per problem
-    results = {name: {"correct": np.arange(8)[None, :] < np.array(c)[:, None]} for name, c in correct.items()}
-    only = evaluate.forgotten_only(results, [2], solved_by)
-    assert only["problems"] == 1 and only["k"] == 8
-    assert only["pass@k"] == {"ref": 1.0, "nora": 0.0, "dora": 1.0}  # 8 of 8 samples: any correct one is drawn
-    assert evaluate.forgotten_only(results, [0], solved_by) is None  # strategy 0 never solves a problem alone
+    assert evaluate.forgotten_only(solved_by, [2]).tolist() == [False, True, False, False]
+    assert evaluate.forgotten_only(solved_by, [1, 2]).tolist() == [False, True, True, False]
+    assert not evaluate.forgotten_only(solved_by, [0]).any()  # strategy 0 never solves a problem alone
+
+
+def test_pass_on_a_subset_of_problems_uses_eight_samples_or_all_there_are():
+    correct = np.arange(8)[None, :] < np.array([8, 1, 0])[:, None]  # 8, 1 and 0 correct of 8 (the first ones)
+    assert evaluate.pass_on(correct, np.array([False, True, True])) == {"problems": 2, "pass@8": 0.5}
+    assert evaluate.pass_on(correct[:, :4], np.array([True, True, True])) == {"problems": 3, "pass@4": pytest.approx(2 / 3)}
 
 
 def _summary(dora_recovery: float, dora_nora: float, rare: float, only: float = 0.1) -> dict:
     def policy(acc):
         return {"accuracy": acc, "valid_frac": 0.9, "pass@k": {"1": acc, "8": acc + 0.2, "32": acc + 0.3},
                 "distinct_correct_strategies": 1.0, "rare_only": {"problems": 5, "pass@8": rare if acc < 0.25 else 0.3}}
-    return {"policies": {"ref": policy(0.2), "nora": policy(0.3), "dora": policy(0.24)},
+    policies = {"ref": policy(0.2), "nora": policy(0.3), "dora": policy(0.24)}
+    for name, value in {"ref": 0.3, "nora": 0.15, "dora": only}.items():
+        policies[name]["forgotten_only"] = {"problems": 3, "pass@8": value}
+    return {"policies": policies,
             "mixtures": {"dora+nora": {"pass@k": {"8": dora_nora}}, "nora+ref": {"pass@k": {"8": 0.55}}},
-            "forgotten": {"policies": {"dora": {"recovery": dora_recovery, "correct_recovery": 0.1}},
-                          "only": {"problems": 3, "k": 8, "pass@k": {"ref": 0.3, "nora": 0.15, "dora": only}}},
+            "forgotten": {"policies": {"dora": {"recovery": dora_recovery, "correct_recovery": 0.1}}},
             "timing": {}, "kl_to_nora": 0.2}
 
 
@@ -98,11 +103,14 @@ def test_the_report_shows_forgotten_only_pass_at_8_beside_recovery():
     found = {"strategies": ["product"], "source": "labels",
              "policies": {n: {"mass": 0.1, "recovery": 0.5, "correct_mass": 0.1, "correct_recovery": 0.5}
                           for n in ("ref", "nora")}}
-    summary = {"policies": {"ref": policy, "nora": policy}, "forgotten": found}
+    summary = {"policies": {"ref": dict(policy), "nora": dict(policy)}, "forgotten": found}
     assert "forgotten-only" not in "\n".join(report.forgotten_section(summary))
-    found["only"] = {"problems": 3, "k": 8, "pass@k": {"ref": 0.333, "nora": 0.125}}
+    for name, value in {"ref": 0.333, "nora": 0.125}.items():
+        summary["policies"][name]["forgotten_only"] = {"problems": 3, "pass@8": value}
     lines = report.forgotten_section(summary)
     assert any("the 3 evaluated problems that only forgotten strategies solve" in line for line in lines)
+    assert "| policy | share on forgotten | recovery | correct share on forgotten | correct-only recovery | " \
+           "forgotten-only pass@8 |" in lines and "|---|---|---|---|---|---|" in lines
     assert "| Nora | 0.100 | 0.500 | 0.100 | 0.500 | 0.125 |" in lines
 
 
@@ -128,5 +136,7 @@ def test_the_summary_counts_which_strategies_solve_the_rare_only_problems_and_th
     summary = evaluate.summarize(results, _LabelledTask(), rare_only, solved_by=solved_by)
     assert summary["rare_only_solved_by"] == {"b": 1, "c": 2}
     assert summary["forgotten"]["strategies"] == ["c"]
-    assert summary["forgotten"]["only"] == {"problems": 1, "k": 8, "pass@k": {"ref": 1.0, "nora": 0.0}}
-    assert "only" not in evaluate.summarize(results, _LabelledTask(), rare_only)["forgotten"]
+    assert summary["policies"]["ref"]["forgotten_only"] == {"problems": 1, "pass@8": 1.0}
+    assert summary["policies"]["nora"]["forgotten_only"] == {"problems": 1, "pass@8": 0.0}
+    assert summary["policies"]["nora"]["rare_only"] == {"problems": 2, "pass@8": 0.0}
+    assert "forgotten_only" not in evaluate.summarize(results, _LabelledTask(), rare_only)["policies"]["ref"]
