@@ -68,7 +68,7 @@ def get_config(arg=None):
     c.ref_dir = ""  # HF dir or dora_jax checkpoint of the reference model pi_ref
     c.nora_dir = ""  # HF dir or dora_jax checkpoint of Nora, the exploitation policy (frozen)
     c.teacher_dir = ""  # a trained policy whose samples are distilled into Nora (configs/distill.py; "" = none)
-    c.policy_init = "nora"  # the trained policy's initial parameters: "nora" (Dora, paper default), "ref" or "random"
+    c.policy_init = "nora"  # the trained policy's start: "nora" (Dora, paper default), "ref", "ref_nora_mean", "random"
 
     # Each component's section, with its defaults (dora_jax/<component>: the dataclass documents every field).
     c.objective = objective("dora_indicator")  # the loss and advantage with just their hyperparameters

@@ -64,7 +64,7 @@ def test_a_config_carries_only_the_fields_its_objective_reads():
     (lambda c: c.objective.update(delta=0.0), r"config\.objective\.delta=0\.0: the clip range must be positive"),
     (lambda c: c.objective.update(loss="dora_indicatr"), r"config\.objective\.loss='dora_indicatr': use a registered loss"),
     (lambda c: c.task.update(num_problems=5), r"config\.task\.num_problems=5"),
-    (lambda c: c.update(policy_init="scratch"), r"config\.policy_init='scratch': use one of nora, ref, random"),
+    (lambda c: c.update(policy_init="scratch"), r"config\.policy_init='scratch': use one of nora, ref, ref_nora_mean, random"),
     (lambda c: c.diversity.embedding.update(threshhold=0.3), r"did you mean diversity\.embedding\.threshold\?"),
     (lambda c: c.build.ref.trainer.update(num_steps=0), r"config\.trainer\.num_steps=0"),  # a config it builds from
     (lambda c: c.update(sweep="seed=0,1"), r"config\.sweep='seed=0,1' is set: a sweep is many runs"),

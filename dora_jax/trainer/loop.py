@@ -358,7 +358,7 @@ class Trainer:
         self._bar.set_postfix(postfix)
 
 
-POLICY_INITS = ("nora", "ref", "random")
+POLICY_INITS = ("nora", "ref", "ref_nora_mean", "random")
 
 
 def update_of(config, model_config: ModelConfig) -> tuple[optax.GradientTransformation, Callable]:
@@ -419,7 +419,8 @@ def initial_trees(config, shardings=None) -> tuple[ModelConfig, dict[str, Any], 
     """(model config, {"ref": params, "nora": params}, the policy's initial params) of `config`.
 
     ref_dir / nora_dir are loaded (no nora_dir: Nora is ref, the same object); without a ref_dir the trees
-    are random (tests and benchmarks). `config.policy_init` picks the policy's start: "nora", "ref" or "random".
+    are random (tests and benchmarks). `config.policy_init` picks the policy's start: "nora", "ref", "random" or
+"ref_nora_mean" (the mean of Ref's and Nora's parameters, halfway along Nora's fine-tuning).
     `shardings` (of one parameter tree) places every tree's shards straight on their devices.
     """
     if config.policy_init not in POLICY_INITS:
@@ -435,6 +436,8 @@ def initial_trees(config, shardings=None) -> tuple[ModelConfig, dict[str, Any], 
         frozen = {"ref": init_fn(model_config, jax.random.key(config.seed + 1)),
                   "nora": init_fn(model_config, jax.random.key(config.seed + 2))}
     init = frozen.get(config.policy_init)
+    if config.policy_init == "ref_nora_mean":
+        init = jax.tree.map(lambda r, n: (r + n) / 2, frozen["ref"], frozen["nora"])
     if init is None:
         init = init_fn(model_config, jax.random.key(config.seed))
     return model_config, frozen, init

@@ -341,3 +341,12 @@ def test_the_same_weights_score_the_same_in_any_slot_and_from_any_format(tmp_pat
     np.testing.assert_array_equal(np.asarray(scores["ref"]), np.asarray(scores["nora"]))
     np.testing.assert_array_equal(np.asarray(scores["policy"]), np.asarray(scores["nora"]))
     assert not np.asarray(scores["kl/policy_nora"]).any()
+
+
+def test_a_policy_can_start_halfway_between_ref_and_nora():
+    c = smoke_config()
+    c.policy_init = "ref_nora_mean"
+    _, frozen, init = initial_trees(c)
+    for r, n, m in zip(*(jax.tree.leaves(t) for t in (frozen["ref"], frozen["nora"], init))):
+        np.testing.assert_allclose(np.asarray(m), (np.asarray(r) + np.asarray(n)) / 2, rtol=1e-6)
+    assert any(not np.array_equal(r, n) for r, n in zip(jax.tree.leaves(frozen["ref"]), jax.tree.leaves(frozen["nora"])))
