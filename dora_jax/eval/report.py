@@ -264,6 +264,15 @@ def pass8_on(summary: dict, policy: str, problems: str) -> float | None:
     return summary["policies"].get(policy, {}).get(problems, {}).get("pass@8")
 
 
+def won_back(summary: dict, policy: str) -> float | None:
+    """The share of Ref's lead over Nora on the forgotten-only problems that a policy wins back:
+    (its pass@8 - Nora's) / (Ref's - Nora's); None where not measured or where Ref does not lead."""
+    mine, nora, ref = (pass8_on(summary, p, "forgotten_only") for p in (policy, "nora", "ref"))
+    if mine is None or nora is None or ref is None or ref <= nora:
+        return None
+    return (mine - nora) / (ref - nora)
+
+
 def compare_table(summaries: dict[str, dict[int, dict]], seeds: list[int], title: str | None = None) -> str:
     """compare.md: per method, mean ± sample std over seeds of pass@1/8/32, diversity, KL to Nora, time."""
     columns = {
@@ -297,8 +306,8 @@ def compare_table(summaries: dict[str, dict[int, dict]], seeds: list[int], title
         "+Nora pass@8 > Nora+Ref": lambda s, n: holds(_lookup(s, f"{n}+nora", 8), operator.gt, _lookup(s, "nora+ref", 8)),
         "rare-only pass@8 > Nora's": lambda s, n: holds(pass8_on(s, n, "rare_only"), operator.gt,
                                                        pass8_on(s, "nora", "rare_only")),
-        "forgotten-only pass@8 > Nora's": lambda s, n: holds(pass8_on(s, n, "forgotten_only"), operator.gt,
-                                                            pass8_on(s, "nora", "forgotten_only")),
+        # Not "above Nora's": the forgotten set comes from Nora's own samples, so she is low there by construction.
+        "forgotten-only pass@8: half of Ref's lead won back": lambda s, n: holds(won_back(s, n), operator.ge, 0.5),
         "pass@1 >= 70% of Nora's": lambda s, n: holds(_lookup(s, n, 1), lambda a, b: a >= 0.7 * b, _lookup(s, "nora", 1)),
         "recovery >= 0.5": lambda s, n: holds(recovery_of(s, n), operator.ge, 0.5),
     }
