@@ -190,11 +190,15 @@ def recovery(results: dict[str, dict[str, np.ndarray]], ids: dict[str, np.ndarra
 
     out = {"strategies": forgotten, "policies": {name: {} for name in results}}
     for key, mass in (("", masses(False)), ("correct_", masses(True))):
-        gap = mass["ref"] - mass["nora"]
         for name, m in mass.items():
             out["policies"][name][f"{key}mass"] = float(m)
-            out["policies"][name][f"{key}recovery"] = float((m - mass["nora"]) / gap) if gap > 0 else None
+            out["policies"][name][f"{key}recovery"] = nora_to_ref(m, mass["nora"], mass["ref"])
     return out
+
+
+def nora_to_ref(value: float, nora: float, ref: float) -> float | None:
+    """Where `value` lies on the scale from Nora's figure (0) to Ref's (1); None unless Ref is above Nora."""
+    return float((value - nora) / (ref - nora)) if ref > nora else None
 
 
 def forgotten_only(solved_by_PxK: np.ndarray, forgotten: list[int]) -> np.ndarray:

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from dora_jax import objectives
-from dora_jax.eval.evaluate import FORGOTTEN_SHARE
+from dora_jax.eval.evaluate import FORGOTTEN_SHARE, nora_to_ref
 
 # Display order and labels of policies and mixtures in the tables.
 _LABEL = {"ref": "Ref", "nora": "Nora", "dora": "Dora", "distill": "Nora-distilled"}
@@ -268,9 +268,7 @@ def won_back(summary: dict, policy: str) -> float | None:
     """The share of Ref's lead over Nora on the forgotten-only problems that a policy wins back:
     (its pass@8 - Nora's) / (Ref's - Nora's); None where not measured or where Ref does not lead."""
     mine, nora, ref = (pass8_on(summary, p, "forgotten_only") for p in (policy, "nora", "ref"))
-    if mine is None or nora is None or ref is None or ref <= nora:
-        return None
-    return (mine - nora) / (ref - nora)
+    return None if None in (mine, nora, ref) else nora_to_ref(mine, nora, ref)
 
 
 def compare_table(summaries: dict[str, dict[int, dict]], seeds: list[int], title: str | None = None) -> str:

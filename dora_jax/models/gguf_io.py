@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -260,8 +261,6 @@ def model_dir(source: str, cache_dir: str) -> str:
         try:
             os.rename(tmp, out)  # the whole dir appears at once
         except OSError:  # another host converted it first (where locks are local to each host)
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
 
     # Locked in every process of a multi-process run too: a conversion is not collective.

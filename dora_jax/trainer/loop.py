@@ -420,7 +420,7 @@ def initial_trees(config, shardings=None) -> tuple[ModelConfig, dict[str, Any], 
 
     ref_dir / nora_dir are loaded (no nora_dir: Nora is ref, the same object); without a ref_dir the trees
     are random (tests and benchmarks). `config.policy_init` picks the policy's start: "nora", "ref", "random" or
-"ref_nora_mean" (the mean of Ref's and Nora's parameters, halfway along Nora's fine-tuning).
+    "ref_nora_mean" (the mean of Ref's and Nora's parameters, halfway along Nora's fine-tuning).
     `shardings` (of one parameter tree) places every tree's shards straight on their devices.
     """
     if config.policy_init not in POLICY_INITS:
