@@ -33,7 +33,7 @@ setuptools.setup(
     ],
     extras_require={
         "test": [
-            "pytest>=8.0,<10",
+            "pytest>=9.0,<10",
             "pytest-xdist>=3.5,<4",  # the README's test command runs the suite on two cores
             "chex>=0.1.89,<0.2",
             # CPU build only: an unpinned torch pulls several GB of CUDA packages.

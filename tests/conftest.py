@@ -1,4 +1,4 @@
-"""Test-wide JAX settings: strict rank promotion (STYLE.md), a small CPU footprint, one compilation cache."""
+"""Test-wide JAX settings: strict rank promotion (STYLE.md), a small CPU footprint, one build cache."""
 
 import atexit
 import os
@@ -26,13 +26,12 @@ def _session_dir(variable: str, prefix: str) -> str:
     return os.environ[variable]
 
 
-# Many tests compile the same small programs (the smoke model's sampler and update step), in this process and in
-# the launchers they start: one on-disk XLA cache for the session compiles each once.
-_session_dir("JAX_COMPILATION_CACHE_DIR", "dora_jax_tests_xla_")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
-# One build cache for the session, shared like the compilation cache: the smoke Ref and Nora and the converted
-# SmolLM2 are built once (dora_jax.cache locks an entry while it is built).
+# No persistent XLA compilation cache: on simulated CPU devices, a multi-device program loaded from it can run its
+# collectives in a different order on each device and deadlock (XLA aborts after 40 s); a process that loaded the
+# smoke trainer's programs from such a cache aborted in 5 of 20 runs here. Each process compiles its own programs.
+os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+# One build cache for the session, shared by the `-n 2` workers and the processes tests start: the smoke Ref and
+# Nora and the converted SmolLM2 are built once (dora_jax.cache locks an entry while it is built).
 _session_dir("DORA_TEST_BUILD_CACHE", "dora_jax_tests_builds_")
 
 import jax  # noqa: E402
@@ -50,6 +49,6 @@ def build_cache():
 
 def pytest_collection_modifyitems(items):
     """Tests marked `slow` run first (the suite's order otherwise). Under `pytest -n 2`, pytest.ini's
-    `--dist=loadgroup` with no groups hands tests out one by one in this order, so the slow ones start on both
-    workers at once and no worker is left with one at the end."""
+    `--dist=load --maxschedchunk=1` hands tests out one or two at a time in this order, so the slow ones start on
+    both workers at once and no worker is left with one at the end."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # a stable sort

@@ -112,9 +112,6 @@ _CHILD = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     from tests import xla_flags
     os.environ["XLA_FLAGS"] = xla_flags(2)
-    # Compiled here, not read from the session's cache: a process killed mid-write must not share it, and on
-    # simulated CPU devices a resumed run that loads its programs from the cache can stall in a collective.
-    os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
     from tests.trainer.loop_test import SHAPE, smoke_config
     from dora_jax.testing import RandomRollouts
     from dora_jax.trainer import Trainer
