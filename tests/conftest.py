@@ -16,23 +16,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")  # figures are written to files only
 
 
-def _session_dir(variable: str, prefix: str) -> str:
-    """The directory in environment variable `variable`, made (and removed at exit) unless it is set: the `-n 2`
-    workers and the processes tests start inherit this process's."""
-    if variable not in os.environ:
-        path = tempfile.mkdtemp(prefix=prefix)
-        atexit.register(shutil.rmtree, path, ignore_errors=True)
-        os.environ[variable] = path
-    return os.environ[variable]
-
-
 # No persistent XLA compilation cache: on simulated CPU devices, a multi-device program loaded from it can run its
-# collectives in a different order on each device and deadlock (XLA aborts after 40 s); a process that loaded the
-# smoke trainer's programs from such a cache aborted in 5 of 20 runs here. Each process compiles its own programs.
+# collectives in a different order on each device and deadlock (XLA aborts after 40 s; docs/design.md §5.5). Each
+# process compiles its own programs.
 os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
-# One build cache for the session, shared by the `-n 2` workers and the processes tests start: the smoke Ref and
+# One build cache for the session, inherited by the `-n 2` workers and the processes tests start: the smoke Ref and
 # Nora and the converted SmolLM2 are built once (dora_jax.cache locks an entry while it is built).
-_session_dir("DORA_TEST_BUILD_CACHE", "dora_jax_tests_builds_")
+if "DORA_TEST_BUILD_CACHE" not in os.environ:
+    os.environ["DORA_TEST_BUILD_CACHE"] = tempfile.mkdtemp(prefix="dora_jax_tests_builds_")
+    atexit.register(shutil.rmtree, os.environ["DORA_TEST_BUILD_CACHE"], ignore_errors=True)
 
 import jax  # noqa: E402
 
