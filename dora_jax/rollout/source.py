@@ -157,8 +157,10 @@ class RolloutMaker:
         self.nora_reward_by = config.objective.get("nora_reward_by", "problem")
         self.nora_reward_weight = float(config.objective.get("nora_reward_weight", 1.0))
         if (self.handover_window or self.nora_samples) and nora_params is None:
-            raise ValueError("config.rollout.handover_window > 0 and config.objective.nora_samples > 0 need Nora's "
-                             "parameters in the sampler; set config.nora_dir.")
+            setting = (f"config.rollout.handover_window={self.handover_window}" if self.handover_window
+                       else f"config.objective.nora_samples={self.nora_samples}")
+            raise ValueError(f"{setting} samples Nora, but the sampler has no Nora parameters; set config.nora_dir "
+                             "(or 0 to sample the policy alone).")
         self.nora_params = nora_params
         self.diversity = make_diversity(config.diversity)
         # Functions that read the responses (embedding, LLM judge) get them decoded; task labels do not.

@@ -56,3 +56,10 @@ def test_nora_reward_by_and_weight_are_checked():
         ObjectiveConfig(nora_reward_by="cluster")
     with pytest.raises(ValueError, match="nora_reward_weight"):
         ObjectiveConfig(nora_reward_weight=1.5)
+
+
+def test_nora_samples_without_nora_parameters_name_the_setting():
+    c = common.get_config()
+    c.objective.nora_samples = 4
+    with pytest.raises(ValueError, match=r"config.objective.nora_samples=4 samples Nora.*set config.nora_dir"):
+        source.RolloutMaker(_Task(), None, c, nora_params=None)

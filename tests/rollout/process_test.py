@@ -1,5 +1,6 @@
 """The sampler process: same rollouts and metrics as inline sampling, fails fast when it dies."""
 
+import copy
 import json
 import os
 import signal
@@ -14,8 +15,8 @@ import pytest
 from configs import common
 from dora_jax.tasks import make_task
 from dora_jax.rollout.process import ProcessRollouts, SamplerDiedError
-from dora_jax.rollout.source import InlineRollouts
 from dora_jax.models import ModelConfig, param_shapes
+from dora_jax.pipeline import batch_source
 from dora_jax.trainer import Trainer
 
 
@@ -51,19 +52,35 @@ class Recorder:
 
 
 def _run(config, workdir, mode):
+    """The batches and records of training `config` on the batch source the pipeline picks for `mode`."""
+    config = copy.deepcopy(config)
+    config.rollout.mode = mode
     trainer = Trainer.from_config(config, str(workdir), devices=jax.devices()[:1])
-    task = make_task(config.task)
-    source = (InlineRollouts(task, trainer.model_config, config) if mode == "inline"
-              else ProcessRollouts(trainer.model_config, config))
-    recorder = Recorder(source)
+    recorder = Recorder(batch_source(config, make_task(config.task), trainer, None, None))
     records = trainer.run(recorder)
     return recorder.batches, records
 
 
-def test_process_mode_equals_inline_mode_at_zero_staleness(tmp_path):
+def _with_saved_ref_and_nora(config, root):
+    """`config` reading Ref and Nora from checkpoints (two random policies), as the sampler process must."""
+    for role, seed in (("ref", 11), ("nora", 12)):
+        built = copy.deepcopy(config)
+        built.seed = seed
+        Trainer.from_config(built, str(root / f"build_{role}"), devices=jax.devices()[:1]).export(str(root / role))
+        config[f"{role}_dir"] = str(root / role)
+    config.policy_init = "ref"
+    return config
+
+
+@pytest.mark.parametrize("nora_samples", [0, 2])
+def test_process_mode_equals_inline_mode_at_zero_staleness(tmp_path, nora_samples):
     config = _config()
+    if nora_samples:  # the complementarity reward: the sampler process samples Nora too, from her checkpoint
+        config = _with_saved_ref_and_nora(config, tmp_path)
+        config.objective.nora_samples = nora_samples
     inline_batches, inline_records = _run(config, tmp_path / "inline", "inline")
     process_batches, process_records = _run(config, tmp_path / "process", "process")
+    assert all(("rollout/nora_success" in r) == bool(nora_samples) for r in inline_records + process_records)
     assert len(inline_batches) == len(process_batches) == 3
     for a, b in zip(inline_batches, process_batches):
         assert a.keys() == b.keys()
