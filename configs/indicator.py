@@ -15,7 +15,8 @@ set advantage in place of GRPO's), `:poly_epo` (Poly-EPO's set advantage in plac
 distinct strategies of 4-response subsets), `:grpo` (plain GRPO), `:nora_reward` (rewards times Nora's failure
 rate on the problem, from 8 of her samples), `:nora_strategy_reward` (rewards times 1 - the share of 8 of Nora's
 samples that are correct in the response's own strategy: a correct answer by a strategy she does not use keeps its
-full reward), `:from_ref` (Dora starts from Ref, uncapped); they combine, e.g. `:from_ref,grpo,nora_reward`,
+full reward), `:nora_mode_reward` (rewards times 1 - the share of Nora's correct samples over the whole batch that
+use the response's strategy: her modes are discounted everywhere), `:from_ref` (Dora starts from Ref, uncapped); they combine, e.g. `:from_ref,grpo,nora_reward`,
 `:handover` (paper §5.2: responses alternate between Dora and Nora every 2 tokens; Dora learns on hers),
 `:smollm` (a real pretrained model on a CPU: SmolLM2-135M-Instruct from its package, Nora built by GRPO,
 about 50 minutes on 2 cores from nothing; docs/real_model.md),
@@ -77,12 +78,19 @@ def get_config(arg=None):
         c.policy_init = "ref"
         c.trainer.stop_kl = 0.0  # Ref is already ~1 nat per token from Nora: a cap to Nora does not apply
     # Complementarity reward, after every variant that rebuilds the objective section: r x (1 - Nora's success on
-    # the problem), or per strategy x (1 - the share of her samples correct in the response's own strategy).
-    if v & {"nora_reward", "nora_strategy_reward"}:
+    # the problem), per strategy x (1 - the share of her samples correct in the response's own strategy), or per
+    # mode x (1 - the share of her correct samples in the batch that use the response's strategy).
+    rewards = v & {"nora_reward", "nora_strategy_reward", "nora_mode_reward"}
+    if len(rewards) > 1:
+        raise ValueError(f"configs/indicator.py:{arg}: choose one complementarity reward of nora_reward, "
+                         "nora_strategy_reward and nora_mode_reward.")
+    if rewards:
         c.objective.nora_samples = 8
         c.objective.nora_reward_weight = 1.0  # lambda, here so --config / compare.py --set can lower it
     if "nora_strategy_reward" in v:
         c.objective.nora_reward_by = "strategy"
+    if "nora_mode_reward" in v:
+        c.objective.nora_reward_by = "modes"
     if not v - {"seeds"}:  # the main command: the improved variant trains after it, on the same Ref and Nora
         c.alongside.nora_reward_from_ref = get_config("from_ref,grpo,nora_reward")
     if "handover" in common.variants(arg):

@@ -78,7 +78,8 @@ class ObjectiveConfig:
     diversity_bonus: float = 0.5  # lambda of the grpo_diversity advantage (novel correct strategies)
     nora_push: float = 0.0  # dora_complement: advantage taken from responses inside Nora's modes (D <= 0)
     nora_samples: int = 0  # complementarity reward: Nora's samples per prompt; reward x (1 - her success) (0 = off)
-    nora_reward_by: str = "problem"  # her success on the problem | "strategy": correct in the response's own cluster
+    # her success on the problem | "strategy": correct in the response's own cluster | "modes": her batch-wide share
+    nora_reward_by: str = "problem"  # of correct samples in the response's labelled strategy
     nora_reward_weight: float = 1.0  # lambda: reward x (1 - lambda x her success); 1 takes all of it off
 
     def __post_init__(self):
@@ -95,8 +96,9 @@ class ObjectiveConfig:
                 "PPO clip widths must satisfy 0 <= eps_low < 1 and eps_high >= 0.")
         require(self.beta_kl >= 0, "beta_kl", self.beta_kl, "the KL weight cannot be negative.")
         require(self.nora_samples >= 0, "nora_samples", self.nora_samples, "use 0 (off) or Nora's samples per prompt.")
-        require(self.nora_reward_by in ("problem", "strategy"), "nora_reward_by", self.nora_reward_by,
-                "use 'problem' (her success rate on it) or 'strategy' (her correct share in the response's cluster).")
+        require(self.nora_reward_by in ("problem", "strategy", "modes"), "nora_reward_by", self.nora_reward_by,
+                "use 'problem' (her success rate on it), 'strategy' (her correct share in the response's cluster) "
+                "or 'modes' (her batch-wide correct share in the response's strategy).")
         require(0 <= self.nora_reward_weight <= 1, "nora_reward_weight", self.nora_reward_weight,
                 "use a weight in [0, 1]: 0 leaves the rewards as they are, 1 takes all of Nora's success off.")
         if "set_size" in ADVANTAGES[self.advantage].reads:

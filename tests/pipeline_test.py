@@ -281,6 +281,10 @@ def test_the_complementarity_reward_survives_every_variant_it_combines_with():
     assert "nora_samples" not in indicator.get_config("from_ref,grpo").objective
     by_strategy = indicator.get_config("from_ref,grpo,nora_strategy_reward,pass_at_k").objective
     assert (by_strategy.nora_samples, by_strategy.nora_reward_by) == (8, "strategy")
+    by_mode = indicator.get_config("from_ref,grpo,poly_epo,nora_mode_reward").objective
+    assert (by_mode.nora_samples, by_mode.nora_reward_by, by_mode.advantage) == (8, "modes", "poly_epo")
+    with pytest.raises(ValueError, match="one complementarity reward"):
+        indicator.get_config("from_ref,grpo,nora_reward,nora_strategy_reward")
 
 
 def test_compare_overrides_take_the_fields_type_and_an_unknown_field_fails_first(tmp_path):

@@ -16,7 +16,7 @@ def _rollout(strategy_and_correct):
 
 
 class _Task:
-    stop_ids, pad_id, strategy_names = (9,), 0, ()
+    name, stop_ids, pad_id, strategy_names = "stub", (9,), 0, ("s0", "s1", "s2")
 
     def score(self, problems, tokens_BxN):
         tokens_BxN = np.asarray(tokens_BxN)
@@ -33,6 +33,7 @@ POLICY = _rollout([[0, 1], [1, 1], [1, 1], [2, 1]])
     ("problem", 1.0, [0.5, 0.5, 0.75, 0.75]),  # 1 - her success on the problem
     ("strategy", 1.0, [0.5, 1.0, 0.75, 1.0]),  # 1 - her correct share in the strategy
     ("problem", 0.5, [0.75, 0.75, 0.875, 0.875]),  # 1 - 0.5 x her success
+    ("modes", 1.0, [1 / 3, 2 / 3, 2 / 3, 1.0]),  # 1 - her batch-wide correct share in the strategy: 0 2/3, 1 1/3
 ])
 def test_complementarity_reward(monkeypatch, by, weight, expected):
     c = common.get_config()
@@ -63,3 +64,12 @@ def test_nora_samples_without_nora_parameters_name_the_setting():
     c.objective.nora_samples = 4
     with pytest.raises(ValueError, match=r"config.objective.nora_samples=4 samples Nora.*set config.nora_dir"):
         source.RolloutMaker(_Task(), None, c, nora_params=None)
+
+
+def test_nora_modes_need_strategy_labels():
+    c = common.get_config()
+    c.objective.nora_samples, c.objective.nora_reward_by = 4, "modes"
+    unlabelled = _Task()
+    unlabelled.strategy_names = ()
+    with pytest.raises(ValueError, match="nora_reward_by='modes' reads strategy labels, which the stub task"):
+        source.RolloutMaker(unlabelled, None, c, nora_params=object())
