@@ -15,8 +15,9 @@ set advantage in place of GRPO's), `:poly_epo` (Poly-EPO's set advantage in plac
 distinct strategies of 4-response subsets), `:grpo` (plain GRPO), `:nora_reward` (rewards times Nora's failure
 rate on the problem, from 8 of her samples), `:nora_strategy_reward` (rewards times 1 - the share of 8 of Nora's
 samples that are correct in the response's own strategy: a correct answer by a strategy she does not use keeps its
-full reward), `:nora_mode_reward` (rewards times 1 - the share of Nora's correct samples over the whole batch that
-use the response's strategy: her modes are discounted everywhere), `:from_ref` (Dora starts from Ref, uncapped); they combine, e.g. `:from_ref,grpo,nora_reward`,
+full reward), `:nora_mode_reward` (rewards times 1 - the share of Nora's correct samples over the whole batch
+that use the response's strategy: her modes are discounted everywhere), `:from_ref` (Dora starts from Ref,
+uncapped); they combine, e.g. `:from_ref,grpo,nora_reward`,
 `:handover` (paper §5.2: responses alternate between Dora and Nora every 2 tokens; Dora learns on hers),
 `:smollm` (a real pretrained model on a CPU: SmolLM2-135M-Instruct from its package, Nora built by GRPO,
 about 50 minutes on 2 cores from nothing; docs/real_model.md),

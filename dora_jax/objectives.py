@@ -78,8 +78,9 @@ class ObjectiveConfig:
     diversity_bonus: float = 0.5  # lambda of the grpo_diversity advantage (novel correct strategies)
     nora_push: float = 0.0  # dora_complement: advantage taken from responses inside Nora's modes (D <= 0)
     nora_samples: int = 0  # complementarity reward: Nora's samples per prompt; reward x (1 - her success) (0 = off)
-    # her success on the problem | "strategy": correct in the response's own cluster | "modes": her batch-wide share
-    nora_reward_by: str = "problem"  # of correct samples in the response's labelled strategy
+    # what is taken off: "problem" her success on it | "strategy" her correct share in the response's cluster |
+    # "modes" her batch-wide share of correct samples in the response's labelled strategy
+    nora_reward_by: str = "problem"
     nora_reward_weight: float = 1.0  # lambda: reward x (1 - lambda x her success); 1 takes all of it off
 
     def __post_init__(self):

@@ -122,6 +122,11 @@ def check_config(config) -> None:
         unknown = set(c.build) - set(cache.ROLES)
         if unknown:
             raise sections.ConfigError(f"config.build.{sorted(unknown)[0]}: build only {', '.join(cache.ROLES)}.")
+        if (c.objective.get("nora_samples") and c.objective.get("nora_reward_by") == "modes"
+                and not tasks.task_class(c.task.name).strategy_names):
+            raise sections.ConfigError(f"config.objective.nora_reward_by='modes' reads strategy labels, which the "
+                                       f"{c.task.name} task does not give; use 'strategy' (clusters from "
+                                       "config.diversity) or 'problem'.")
         if c.objective.loss == "sft":
             _require_section(c, "sft", SFTConfig, "common.sft(c) in the config file adds it")
         if c.teacher_dir or "teacher" in c.build:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from configs import common, distill, indicator, nora_grpo, polyepo, ref_sft
-from dora_jax import experiments, objectives, pipeline, sections
+from dora_jax import experiments, objectives, pipeline, sections, tasks
 from dora_jax.sections import ConfigError, require
 
 
@@ -69,6 +69,9 @@ def test_a_config_carries_only_the_fields_its_objective_reads():
     (lambda c: c.build.ref.trainer.update(num_steps=0), r"config\.trainer\.num_steps=0"),  # a config it builds from
     (lambda c: c.update(sweep="seed=0,1"), r"config\.sweep='seed=0,1' is set: a sweep is many runs"),
     (lambda c: c.trainer.update(stop_kl=-1.0), r"config\.trainer\.stop_kl=-1\.0: use 0"),
+    (lambda c: (c.objective.update(nora_samples=8, nora_reward_by="modes"),
+                setattr(c, "task", tasks.default_config("math"))),  # math labels no strategies
+     r"nora_reward_by='modes' reads strategy labels, which the math task does not give"),
 ])
 def test_check_config_rejects_a_bad_value_before_any_work(change, message, tmp_path):
     c = indicator.get_config("smoke")

@@ -160,10 +160,7 @@ class RolloutMaker:
             setting = (f"config.rollout.handover_window={self.handover_window}" if self.handover_window
                        else f"config.objective.nora_samples={self.nora_samples}")
             raise ValueError(f"{setting} samples Nora, but the sampler has no Nora parameters; set config.nora_dir "
-                             "(or 0 to sample the policy alone).")
-        if self.nora_samples and self.nora_reward_by == "modes" and not task.strategy_names:
-            raise ValueError(f"config.objective.nora_reward_by='modes' reads strategy labels, which the {task.name} "
-                             "task does not give; use 'strategy' (clusters from config.diversity) or 'problem'.")
+                             "(or set it to 0 to sample the policy alone).")
         self.nora_params = nora_params
         self.diversity = make_diversity(config.diversity)
         # Functions that read the responses (embedding, LLM judge) get them decoded; task labels do not.
@@ -223,8 +220,9 @@ class RolloutMaker:
         samples that are correct *and* in the response's own strategy cluster, clustered jointly with hers by
         config.diversity); a correct answer by a strategy Nora does not use keeps its full reward everywhere.
         "modes": each reward times (1 - the share of her correct samples, over the whole batch, in the
-        response's labelled strategy): her modes are discounted everywhere by how much of what she solves they
-        carry, and a strategy she solves a few problems with keeps most of its reward even on those.
+        response's labelled strategy; unlabelled answers, -1, count as one more strategy): her modes are
+        discounted everywhere by how much of what she solves they carry, and a strategy she solves a few problems
+        with keeps most of its reward even on those.
         objective.nora_reward_weight (lambda) scales what is taken off: r x (1 - lambda x her share). Returns the
         shaped rewards, metrics, and in "strategy" mode the policy's cluster ids [Q, G] from that joint
         clustering (the advantage's clusters too, so they are computed once), else None."""
@@ -247,7 +245,7 @@ class RolloutMaker:
         elif self.nora_reward_by == "modes":
             mine_B, hers_B = np.asarray(strategy_B), np.asarray(nora_strategy)[correct_QxK.reshape(-1)]
             share_B = np.mean(mine_B[:, None] == hers_B[None, :], axis=1) if hers_B.size else np.zeros(len(mine_B))
-            covered_QxG = np.where(mine_B >= 0, share_B, 0.0).reshape(Q, G)
+            covered_QxG = share_B.reshape(Q, G)
             mine_QxG = None
         else:
             covered_QxG = np.repeat(correct_QxK.mean(axis=1, keepdims=True), G, axis=1)

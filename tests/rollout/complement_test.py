@@ -64,12 +64,3 @@ def test_nora_samples_without_nora_parameters_name_the_setting():
     c.objective.nora_samples = 4
     with pytest.raises(ValueError, match=r"config.objective.nora_samples=4 samples Nora.*set config.nora_dir"):
         source.RolloutMaker(_Task(), None, c, nora_params=None)
-
-
-def test_nora_modes_need_strategy_labels():
-    c = common.get_config()
-    c.objective.nora_samples, c.objective.nora_reward_by = 4, "modes"
-    unlabelled = _Task()
-    unlabelled.strategy_names = ()
-    with pytest.raises(ValueError, match="nora_reward_by='modes' reads strategy labels, which the stub task"):
-        source.RolloutMaker(unlabelled, None, c, nora_params=object())

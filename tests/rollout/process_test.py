@@ -72,15 +72,15 @@ def _with_saved_ref_and_nora(config, root):
     return config
 
 
-@pytest.mark.parametrize("nora_samples", [0, 2])
-def test_process_mode_equals_inline_mode_at_zero_staleness(tmp_path, nora_samples):
+@pytest.mark.parametrize("with_nora", [False, True])
+def test_process_mode_equals_inline_mode_at_zero_staleness(tmp_path, with_nora):
     config = _config()
-    if nora_samples:  # the complementarity reward: the sampler process samples Nora too, from her checkpoint
-        config = _with_saved_ref_and_nora(config, tmp_path)
-        config.objective.nora_samples = nora_samples
+    if with_nora:  # the sampler process loads Nora from her checkpoint: handover puts her tokens in the batch,
+        config = _with_saved_ref_and_nora(config, tmp_path)  # the complementarity reward samples her as well
+        config.rollout.handover_window, config.objective.nora_samples = 2, 2
     inline_batches, inline_records = _run(config, tmp_path / "inline", "inline")
     process_batches, process_records = _run(config, tmp_path / "process", "process")
-    assert all(("rollout/nora_success" in r) == bool(nora_samples) for r in inline_records + process_records)
+    assert all(("rollout/nora_success" in r) == with_nora for r in inline_records + process_records)
     assert len(inline_batches) == len(process_batches) == 3
     for a, b in zip(inline_batches, process_batches):
         assert a.keys() == b.keys()
