@@ -33,6 +33,17 @@ Memory per device: `python launch/plan.py --config=configs/indicator.py:math --c
 
 from configs import common, nora_grpo, ref_sft
 
+# The complementarity rewards other than the per-problem one, by the objective.nora_reward_by they set.
+_NORA_REWARD_BY = {"nora_strategy_reward": "strategy", "nora_mode_reward": "modes"}
+
+
+def _at_most_one(variants: set, names: tuple, what: str, arg) -> str | None:
+    """The one of `names` among `variants` (None if none); two of them is an error."""
+    chosen = [name for name in names if name in variants]
+    if len(chosen) > 1:
+        raise ValueError(f"configs/indicator.py:{arg}: choose one of the {what}: {', '.join(names)}.")
+    return chosen[0] if chosen else None
+
 
 def get_config(arg=None):
     c = common.get_config()
@@ -70,28 +81,22 @@ def get_config(arg=None):
     if "grpo" in v:  # plain GRPO (PPO on the group advantage), with the KL to Nora logged
         c.objective = common.objective("grpo", keep=c.objective)
         c.objective.log_kl_nora = True
-    set_advantage = v & {"pass_at_k", "poly_epo"}  # a set advantage (subsets of 4 of a group of 8) for GRPO's
-    if len(set_advantage) > 1:
-        raise ValueError(f"configs/indicator.py:{arg}: choose one of the set advantages pass_at_k and poly_epo.")
+    set_advantage = _at_most_one(v, ("pass_at_k", "poly_epo"), "set advantages", arg)  # subsets of 4 of a group of 8
     if set_advantage:
-        c.objective = common.objective(c.objective.loss, set_advantage.pop(), keep=c.objective)
+        c.objective = common.objective(c.objective.loss, set_advantage, keep=c.objective)
     if "from_ref" in v:  # Dora starts from Ref, who still holds what Nora forgot
         c.policy_init = "ref"
         c.trainer.stop_kl = 0.0  # Ref is already ~1 nat per token from Nora: a cap to Nora does not apply
     # Complementarity reward, after every variant that rebuilds the objective section: r x (1 - Nora's success on
     # the problem), per strategy x (1 - the share of her samples correct in the response's own strategy), or per
     # mode x (1 - the share of her correct samples in the batch that use the response's strategy).
-    rewards = v & {"nora_reward", "nora_strategy_reward", "nora_mode_reward"}
-    if len(rewards) > 1:
-        raise ValueError(f"configs/indicator.py:{arg}: choose one complementarity reward of nora_reward, "
-                         "nora_strategy_reward and nora_mode_reward.")
-    if rewards:
+    reward = _at_most_one(v, ("nora_reward", "nora_strategy_reward", "nora_mode_reward"), "complementarity rewards",
+                          arg)
+    if reward:
         c.objective.nora_samples = 8
         c.objective.nora_reward_weight = 1.0  # lambda, here so --config / compare.py --set can lower it
-    if "nora_strategy_reward" in v:
-        c.objective.nora_reward_by = "strategy"
-    if "nora_mode_reward" in v:
-        c.objective.nora_reward_by = "modes"
+    if reward in _NORA_REWARD_BY:  # (nora_reward keeps the default, "problem")
+        c.objective.nora_reward_by = _NORA_REWARD_BY[reward]
     if not v - {"seeds"}:  # the main command: the improved variant trains after it, on the same Ref and Nora
         c.alongside.nora_reward_from_ref = get_config("from_ref,grpo,nora_reward")
     if "handover" in common.variants(arg):

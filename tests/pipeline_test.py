@@ -283,7 +283,7 @@ def test_the_complementarity_reward_survives_every_variant_it_combines_with():
     assert (by_strategy.nora_samples, by_strategy.nora_reward_by) == (8, "strategy")
     by_mode = indicator.get_config("from_ref,grpo,poly_epo,nora_mode_reward").objective
     assert (by_mode.nora_samples, by_mode.nora_reward_by, by_mode.advantage) == (8, "modes", "poly_epo")
-    with pytest.raises(ValueError, match="one complementarity reward"):
+    with pytest.raises(ValueError, match="one of the complementarity rewards"):
         indicator.get_config("from_ref,grpo,nora_reward,nora_strategy_reward")
 
 

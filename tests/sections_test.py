@@ -56,6 +56,11 @@ def test_a_config_carries_only_the_fields_its_objective_reads():
     assert objectives.parse_config(c.objective).credit == "token"
 
 
+def _mode_discount_on_math(c):
+    c.objective.update(nora_samples=8, nora_reward_by="modes")
+    c.task = tasks.default_config("math")  # math labels no strategies
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda c: c.rollout.update(top_p=1.5), r"config\.rollout\.top_p=1\.5: use a mass in \(0, 1\]"),
     (lambda c: c.rollout.update(mode="remote"), r"config\.rollout\.mode='remote': use one of inline, process"),
@@ -69,9 +74,7 @@ def test_a_config_carries_only_the_fields_its_objective_reads():
     (lambda c: c.build.ref.trainer.update(num_steps=0), r"config\.trainer\.num_steps=0"),  # a config it builds from
     (lambda c: c.update(sweep="seed=0,1"), r"config\.sweep='seed=0,1' is set: a sweep is many runs"),
     (lambda c: c.trainer.update(stop_kl=-1.0), r"config\.trainer\.stop_kl=-1\.0: use 0"),
-    (lambda c: (c.objective.update(nora_samples=8, nora_reward_by="modes"),
-                setattr(c, "task", tasks.default_config("math"))),  # math labels no strategies
-     r"nora_reward_by='modes' reads strategy labels, which the math task does not give"),
+    (_mode_discount_on_math, r"nora_reward_by='modes' reads strategy labels, which the math task does not give"),
 ])
 def test_check_config_rejects_a_bad_value_before_any_work(change, message, tmp_path):
     c = indicator.get_config("smoke")

@@ -234,6 +234,7 @@ class RolloutMaker:
             **sampling_options(self.rollout, self.task)))
         nora_rewards, _, nora_strategy = self.task.score(problems, nora.tokens_BxN)
         correct_QxK = (np.asarray(nora_rewards) > 0).reshape(Q, K)
+        mine_QxG = None  # the policy's clusters, from the per-strategy form's joint clustering
         if self.nora_reward_by == "strategy":
             mine, hers = _responses(rollout), _responses(nora)
             joint = [x for q in range(Q) for x in mine[q * G:(q + 1) * G] + hers[q * K:(q + 1) * K]]
@@ -243,13 +244,11 @@ class RolloutMaker:
             covered_QxG = np.mean(same_QxGxK & correct_QxK[:, None, :], axis=-1)
             mine_QxG = cluster_QxJ[:, :G]
         elif self.nora_reward_by == "modes":
-            mine_B, hers_B = np.asarray(strategy_B), np.asarray(nora_strategy)[correct_QxK.reshape(-1)]
-            share_B = np.mean(mine_B[:, None] == hers_B[None, :], axis=1) if hers_B.size else np.zeros(len(mine_B))
-            covered_QxG = share_B.reshape(Q, G)
-            mine_QxG = None
+            hers_C = np.asarray(nora_strategy)[correct_QxK.reshape(-1)]  # the strategies of her C correct samples
+            same_BxC = np.asarray(strategy_B)[:, None] == hers_C[None, :]
+            covered_QxG = (same_BxC.sum(axis=1) / max(hers_C.size, 1)).reshape(Q, G)
         else:
             covered_QxG = np.repeat(correct_QxK.mean(axis=1, keepdims=True), G, axis=1)
-            mine_QxG = None
         shaped_B = np.asarray(rewards_B, np.float32) * (1.0 - self.nora_reward_weight * covered_QxG.reshape(-1))
         return shaped_B, {"rollout/nora_success": float(correct_QxK.mean()),
                           "rollout/reward_before_complement": float(np.mean(rewards_B))}, mine_QxG

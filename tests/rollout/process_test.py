@@ -15,7 +15,7 @@ import pytest
 from configs import common
 from dora_jax.tasks import make_task
 from dora_jax.rollout.process import ProcessRollouts, SamplerDiedError
-from dora_jax.models import ModelConfig, param_shapes
+from dora_jax.models import ModelConfig, checkpoint, init_params, param_shapes
 from dora_jax.pipeline import batch_source
 from dora_jax.trainer import Trainer
 
@@ -63,10 +63,9 @@ def _run(config, workdir, mode):
 
 def _with_saved_ref_and_nora(config, root):
     """`config` reading Ref and Nora from checkpoints (two random policies), as the sampler process must."""
+    model_config = ModelConfig(**config.model)
     for role, seed in (("ref", 11), ("nora", 12)):
-        built = copy.deepcopy(config)
-        built.seed = seed
-        Trainer.from_config(built, str(root / f"build_{role}"), devices=jax.devices()[:1]).export(str(root / role))
+        checkpoint.save(str(root / role), model_config, init_params(model_config, jax.random.key(seed)))
         config[f"{role}_dir"] = str(root / role)
     config.policy_init = "ref"
     return config
