@@ -82,6 +82,7 @@ class ObjectiveConfig:
     # "modes" her batch-wide share of correct samples in the response's labelled strategy
     nora_reward_by: str = "problem"
     nora_reward_weight: float = 1.0  # lambda: reward x (1 - lambda x her success); 1 takes all of it off
+    nora_guide: int = 0  # Nora-guided groups: up to this many rows per group become her correct samples (0 = off)
 
     def __post_init__(self):
         require(self.loss in LOSSES, "loss", self.loss, f"use a registered loss: {', '.join(sorted(LOSSES))}.")
@@ -102,6 +103,11 @@ class ObjectiveConfig:
                 "or 'modes' (her batch-wide correct share in the response's strategy).")
         require(0 <= self.nora_reward_weight <= 1, "nora_reward_weight", self.nora_reward_weight,
                 "use a weight in [0, 1]: 0 leaves the rewards as they are, 1 takes all of Nora's success off.")
+        require(0 <= self.nora_guide < self.group_size, "nora_guide", self.nora_guide,
+                f"use 0 (off) or fewer rows than the group holds ({self.group_size}).")
+        require(not self.nora_guide or self.nora_samples >= 1, "nora_guide", self.nora_guide,
+                "Nora-guided groups take her correct samples from objective.nora_samples: set nora_samples >= 1 "
+                "(and nora_reward_weight = 0 to leave the rewards unshaped).")
         if "set_size" in ADVANTAGES[self.advantage].reads:
             require(1 <= self.set_size <= self.group_size, "set_size", self.set_size,
                     f"set advantages need 1 <= set_size <= group_size ({self.group_size}).")

@@ -127,6 +127,10 @@ def check_config(config) -> None:
             raise sections.ConfigError(f"config.objective.nora_reward_by='modes' reads strategy labels, which the "
                                        f"{c.task.name} task does not give; use 'strategy' (clusters from "
                                        "config.diversity) or 'problem'.")
+        if c.objective.get("nora_guide") and c.rollout.handover_window:
+            raise sections.ConfigError("config.objective.nora_guide puts whole responses of Nora's in the policy's "
+                                       "groups, which handover sampling already mixes token by token; set "
+                                       "config.rollout.handover_window=0 or config.objective.nora_guide=0.")
         if c.objective.loss == "sft":
             _require_section(c, "sft", SFTConfig, "common.sft(c) in the config file adds it")
         if c.teacher_dir or "teacher" in c.build:

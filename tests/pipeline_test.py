@@ -285,6 +285,10 @@ def test_the_complementarity_reward_survives_every_variant_it_combines_with():
     assert (by_mode.nora_samples, by_mode.nora_reward_by, by_mode.advantage) == (8, "modes", "poly_epo")
     with pytest.raises(ValueError, match="one of the complementarity rewards"):
         indicator.get_config("from_ref,grpo,nora_reward,nora_strategy_reward")
+    guided = indicator.get_config("from_ref,grpo,poly_epo,nora_guide").objective  # her samples, rewards unshaped
+    assert (guided.nora_guide, guided.nora_samples, guided.nora_reward_weight) == (2, 8, 0.0)
+    guided = indicator.get_config("from_ref,grpo,nora_reward,nora_guide").objective
+    assert (guided.nora_guide, guided.nora_samples, guided.nora_reward_weight) == (2, 8, 1.0)
 
 
 def test_compare_overrides_take_the_fields_type_and_an_unknown_field_fails_first(tmp_path):

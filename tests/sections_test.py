@@ -61,6 +61,11 @@ def _mode_discount_on_math(c):
     c.task = tasks.default_config("math")  # math labels no strategies
 
 
+def _guided_handover(c):
+    c.objective.update(nora_samples=8, nora_guide=2)
+    c.rollout.handover_window = 2
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda c: c.rollout.update(top_p=1.5), r"config\.rollout\.top_p=1\.5: use a mass in \(0, 1\]"),
     (lambda c: c.rollout.update(mode="remote"), r"config\.rollout\.mode='remote': use one of inline, process"),
@@ -75,6 +80,8 @@ def _mode_discount_on_math(c):
     (lambda c: c.update(sweep="seed=0,1"), r"config\.sweep='seed=0,1' is set: a sweep is many runs"),
     (lambda c: c.trainer.update(stop_kl=-1.0), r"config\.trainer\.stop_kl=-1\.0: use 0"),
     (_mode_discount_on_math, r"nora_reward_by='modes' reads strategy labels, which the math task does not give"),
+    (lambda c: c.objective.update(nora_guide=2), r"config\.objective\.nora_guide=2: .*set nora_samples >= 1"),
+    (_guided_handover, r"config\.objective\.nora_guide puts whole responses of Nora's in the policy's groups"),
 ])
 def test_check_config_rejects_a_bad_value_before_any_work(change, message, tmp_path):
     c = indicator.get_config("smoke")

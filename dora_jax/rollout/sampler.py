@@ -22,9 +22,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dora_jax import distributed, sharding
+from dora_jax import distributed, scoring, sharding
 from dora_jax.models import ModelConfig, init_cache, positions_from_mask
 from dora_jax.models.decoder import Params, forward_with_layer_caches, layer_params
 from dora_jax.models.lm import logical_specs
@@ -140,6 +141,31 @@ def sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP: jax.Ar
     rollout = _sample(config, tuple(policies), prompt_BxP, prompt_mask_BxP, rngs_B, *static, layout)
     # Every process scores the whole rollout, so rewards and batches agree everywhere.
     return rollout if rows is None or rows.is_fully_addressable else distributed.to_host(rollout)
+
+
+def score(config: ModelConfig, params: Params, prompt_BxP, prompt_mask_BxP, tokens_BxN, mask_BxN, *,
+          temperature: float = 1.0, rules: sharding.Rules = sharding.DEFAULT_RULES) -> np.ndarray:
+    """Log-probs [B, N] of given responses under `params`, as `sample` records them for the tokens it draws
+    (softmax(logits / temperature), the full distribution; 0 where `mask_BxN` is 0): another policy's responses
+    scored as if this one had drawn them. Laid out like `sample`, and whole (numpy) on every process."""
+    prompt_len = np.shape(prompt_BxP)[1]
+    tokens_BxT = np.concatenate([np.asarray(prompt_BxP), np.asarray(tokens_BxN)], axis=1).astype(np.int32)
+    mask_BxT = np.concatenate([np.asarray(prompt_mask_BxP), np.asarray(mask_BxN)], axis=1).astype(np.int32)
+    layout = layout_of((params,), rules)
+    if layout is not None:
+        rows = row_sharding(layout, len(tokens_BxT))
+        tokens_BxT, mask_BxT = distributed.global_arrays((tokens_BxT, mask_BxT), (rows, rows))
+    logp_BxT = distributed.to_host(_score(config, params, tokens_BxT, mask_BxT, float(temperature or 1.0), prompt_len,
+                                              layout))
+    return np.asarray(logp_BxT)[:, prompt_len:] * np.asarray(mask_BxN, np.float32)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
+def _score(config: ModelConfig, params: Params, tokens_BxT, mask_BxT, temperature: float, prompt_len: int,
+           layout: sharding.Layout | None) -> jax.Array:
+    with sharding.use(layout):
+        return scoring.token_logprobs(config, {"policy": params}, tokens_BxT, mask_BxT, temperature=temperature,
+                                      kl=None, entropy_of=(), score_from=prompt_len)["policy"]
 
 
 def _static_args(max_new_tokens, temperature, top_p, top_k, stop_ids, pad_id, handover_window, group=1) -> tuple:

@@ -29,7 +29,7 @@ from dora_jax import distributed
 from dora_jax.batch import RolloutBatch
 from dora_jax.models.lm import boxed_shapes
 from dora_jax.tasks.diversity import make_diversity
-from dora_jax.rollout.sampler import Rollout, sample
+from dora_jax.rollout.sampler import Rollout, sample, score
 from dora_jax import sharding
 from dora_jax.sections import parse, require
 
@@ -156,6 +156,7 @@ class RolloutMaker:
         self.nora_samples = int(config.objective.get("nora_samples", 0))
         self.nora_reward_by = config.objective.get("nora_reward_by", "problem")
         self.nora_reward_weight = float(config.objective.get("nora_reward_weight", 1.0))
+        self.nora_guide = int(config.objective.get("nora_guide", 0))
         if (self.handover_window or self.nora_samples) and nora_params is None:
             setting = (f"config.rollout.handover_window={self.handover_window}" if self.handover_window
                        else f"config.objective.nora_samples={self.nora_samples}")
@@ -181,22 +182,29 @@ class RolloutMaker:
         rollout = jax.device_get(rollout)
         sampled = time.perf_counter()
         rewards_B, valid_B, strategy_B = self.task.score(problems, rollout.tokens_BxN)
-        nora_metrics, cluster_QxG = {}, None
-        if self.nora_samples:
-            rewards_B, nora_metrics, cluster_QxG = self._complement(problems, prompt_QxP, mask_QxP, position, rollout,
-                                                                    rewards_B, strategy_B)
         new_tokens = float(np.sum(rollout.mask_BxN))
-        perf = {"perf/sample_s": sampled - start, "perf/sample_tokens_per_s": new_tokens / max(sampled - start, 1e-9),
-                "perf/reward_s": time.perf_counter() - sampled}
+        perf = {"perf/sample_s": sampled - start, "perf/sample_tokens_per_s": new_tokens / max(sampled - start, 1e-9)}
+        # What the policy itself draws, before Nora-guided rows replace any of it.
+        host_metrics = {"rollout/valid_frac": float(np.mean(valid_B)),
+                        "rollout/finished_frac": float(np.mean(rollout.finish_B == 0))}
+        for i, name in enumerate(self.task.strategy_names):  # what the policy explores, update by update
+            host_metrics[f"rollout/strategy/{name}"] = float(np.mean(strategy_B == i))
+        cluster_QxG = None
+        if self.nora_samples:
+            nora = self._sample_nora(problems, prompt_QxP, mask_QxP, position)
+            if self.nora_guide:
+                rollout, rewards_B, strategy_B, host_metrics["rollout/nora_guided_frac"] = self._guide(
+                    params, prompt_BxP, mask_BxP, rollout, rewards_B, strategy_B, *nora)
+            rewards_B, nora_metrics, cluster_QxG = self._complement(prompt_QxP, mask_QxP, rollout, rewards_B,
+                                                                    strategy_B, *nora)
+            host_metrics.update(nora_metrics)
+        perf["perf/reward_s"] = time.perf_counter() - sampled
         if cluster_QxG is None:  # (the per-strategy reward has already clustered them, jointly with Nora's)
             cluster_QxG = self._clusters(prompt_QxP, mask_QxP, _responses(rollout), np.reshape(strategy_B, (Q, G)))
         clusters_B = cluster_QxG.reshape(-1)
         batch = pack_batch(prompt_BxP, mask_BxP, rollout, rewards_B, clusters_B,
                            trained_policy=0 if self.handover_window else None)
-        host_metrics = {"rollout/valid_frac": float(np.mean(valid_B)),
-                        "rollout/finished_frac": float(np.mean(rollout.finish_B == 0)), **perf, **nora_metrics}
-        for i, name in enumerate(self.task.strategy_names):  # what the policy explores, update by update
-            host_metrics[f"rollout/strategy/{name}"] = float(np.mean(strategy_B == i))
+        host_metrics.update(perf)
         if self.reads_text:
             host_metrics["diversity/fallbacks"] = float(self.diversity.stats.get("fallbacks", 0))
         if self.handover_window:
@@ -211,9 +219,45 @@ class RolloutMaker:
         return MadeBatch(batch, host_metrics, samples)
 
 
-    def _complement(self, problems, prompt_QxP, mask_QxP, position: int, rollout: Rollout, rewards_B: np.ndarray,
-                    strategy_B: np.ndarray):
-        """The complementarity reward, from objective.nora_samples samples of Nora per prompt (keys of their own).
+    def _sample_nora(self, problems, prompt_QxP, mask_QxP, position: int) -> tuple[Rollout, np.ndarray, np.ndarray]:
+        """objective.nora_samples samples of Nora per prompt (keys of their own), with their rewards and strategies."""
+        K = self.nora_samples
+        nora = jax.device_get(sample(
+            self.model_config, (self.nora_params,), np.repeat(prompt_QxP, K, axis=0), np.repeat(mask_QxP, K, axis=0),
+            row_keys(self.config.seed + 40_000, position, len(problems) * K), rules=self.rules, group=K,
+            **sampling_options(self.rollout, self.task)))
+        nora_rewards, _, nora_strategy = self.task.score(problems, nora.tokens_BxN)
+        return nora, np.asarray(nora_rewards), np.asarray(nora_strategy)
+
+    def _guide(self, params, prompt_BxP, mask_BxP, rollout: Rollout, rewards_B: np.ndarray, strategy_B: np.ndarray,
+               nora: Rollout, nora_rewards: np.ndarray, nora_strategy: np.ndarray):
+        """Nora-guided groups (objective.nora_guide = m): the last rows of each group become Nora's correct
+        samples of its prompt, as many as she drew up to m, first drawn first, with their rewards and strategies.
+        Their behaviour log-probs are the policy's own (`score`), so the update treats them as if the policy had
+        drawn them: no importance correction, ratio 1. Returns the rollout, rewards, strategies and the share of
+        rows replaced."""
+        K, m = self.nora_samples, self.nora_guide
+        G = len(rewards_B) * K // len(nora_rewards)
+        rows, hers = [], []
+        for q, correct in enumerate(np.asarray(nora_rewards).reshape(-1, K) > 0):
+            picked = np.flatnonzero(correct)[:m]
+            rows += [q * G + G - 1 - j for j in range(len(picked))]
+            hers += [q * K + k for k in picked]
+        if not rows:
+            return rollout, rewards_B, strategy_B, 0.0
+        out = {name: np.array(getattr(rollout, name)) for name in rollout._fields}
+        for name in ("tokens_BxN", "mask_BxN", "lengths_B", "finish_B"):
+            out[name][rows] = np.asarray(getattr(nora, name))[hers]
+        logp_BxN = score(self.model_config, params, prompt_BxP, mask_BxP, out["tokens_BxN"], out["mask_BxN"],
+                         temperature=self.rollout.temperature, rules=self.rules)
+        out["logp_BxN"][rows] = logp_BxN[rows]
+        rewards_B, strategy_B = np.array(rewards_B, np.float32), np.array(strategy_B)
+        rewards_B[rows], strategy_B[rows] = nora_rewards[hers], nora_strategy[hers]
+        return Rollout(**out), rewards_B, strategy_B, len(rows) / len(rewards_B)
+
+    def _complement(self, prompt_QxP, mask_QxP, rollout: Rollout, rewards_B: np.ndarray, strategy_B: np.ndarray,
+                    nora: Rollout, nora_rewards: np.ndarray, nora_strategy: np.ndarray):
+        """The complementarity reward, from Nora's objective.nora_samples samples per prompt (`_sample_nora`).
 
         nora_reward_by "problem": each reward times (1 - Nora's success rate on its problem); a problem she
         already solves is worth little to her explorer. "strategy": each reward times (1 - the share of her
@@ -226,13 +270,8 @@ class RolloutMaker:
         objective.nora_reward_weight (lambda) scales what is taken off: r x (1 - lambda x her share). Returns the
         shaped rewards, metrics, and in "strategy" mode the policy's cluster ids [Q, G] from that joint
         clustering (the advantage's clusters too, so they are computed once), else None."""
-        c, K = self.config, self.nora_samples
-        Q, G = len(problems), len(rewards_B) // len(problems)
-        nora = jax.device_get(sample(
-            self.model_config, (self.nora_params,), np.repeat(prompt_QxP, K, axis=0), np.repeat(mask_QxP, K, axis=0),
-            row_keys(c.seed + 40_000, position, Q * K), rules=self.rules, group=K,
-            **sampling_options(self.rollout, self.task)))
-        nora_rewards, _, nora_strategy = self.task.score(problems, nora.tokens_BxN)
+        K = self.nora_samples
+        Q, G = len(prompt_QxP), len(rewards_B) // len(prompt_QxP)
         correct_QxK = (np.asarray(nora_rewards) > 0).reshape(Q, K)
         mine_QxG = None  # the policy's clusters, from the per-strategy form's joint clustering
         if self.nora_reward_by == "strategy":
