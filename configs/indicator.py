@@ -17,8 +17,9 @@ rate on the problem, from 8 of her samples), `:nora_strategy_reward` (rewards ti
 samples that are correct in the response's own strategy: a correct answer by a strategy she does not use keeps its
 full reward), `:nora_mode_reward` (rewards times 1 - the share of Nora's correct samples over the whole batch
 that use the response's strategy: her modes are discounted everywhere), `:nora_guide` (up to 2 rows of each
-group are Nora's correct samples of the prompt, trained on as if Dora had drawn them), `:from_ref` (Dora starts from Ref,
-uncapped); they combine, e.g. `:from_ref,grpo,nora_reward`,
+group are Nora's correct samples of the prompt, trained on as if Dora had drawn them), `:ref_guide` (the same with
+Ref's correct samples, from 8 of Ref's per prompt), `:from_ref` (Dora starts from Ref, uncapped); they combine,
+e.g. `:from_ref,grpo,nora_reward`,
 `:handover` (paper §5.2: responses alternate between Dora and Nora every 2 tokens; Dora learns on hers),
 `:smollm` (a real pretrained model on a CPU: SmolLM2-135M-Instruct from its package, Nora built by GRPO,
 about 50 minutes on 2 cores from nothing; docs/real_model.md),
@@ -98,10 +99,11 @@ def get_config(arg=None):
         c.objective.nora_reward_weight = 1.0  # lambda, here so --config / compare.py --set can lower it
     if reward in _NORA_REWARD_BY:  # (nora_reward keeps the default, "problem")
         c.objective.nora_reward_by = _NORA_REWARD_BY[reward]
-    if "nora_guide" in v:  # Nora-guided groups: up to 2 of each group's 8 rows become her correct samples
-        c.objective.nora_guide = 2
-        if not reward:  # her samples, without the complementarity reward (rewards unshaped)
-            c.objective.nora_samples, c.objective.nora_reward_weight = 8, 0.0
+    guide = _at_most_one(v, ("nora_guide", "ref_guide"), "guides", arg)
+    if guide:  # guided groups: up to 2 of each group's 8 rows become Nora's (or Ref's) correct samples
+        c.objective.guide, c.objective.guide_from = 2, guide.removesuffix("_guide")
+    if guide == "nora_guide" and not reward:  # her samples, without the complementarity reward (rewards unshaped)
+        c.objective.nora_samples, c.objective.nora_reward_weight = 8, 0.0
     if not v - {"seeds"}:  # the main command: the improved variant trains after it, on the same Ref and Nora
         c.alongside.nora_reward_from_ref = get_config("from_ref,grpo,nora_reward")
     if "handover" in common.variants(arg):

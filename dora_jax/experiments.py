@@ -170,7 +170,10 @@ def gate_by_token_kind(workdir: str, batches: int = 2) -> dict:
              for name, path in (("ref", config.ref_dir), ("nora", config.nora_dir),
                                 ("trained", os.path.join(workdir, POLICY_DIR)))}
     model_config = trees["ref"].config
-    maker = RolloutMaker(task, model_config, config)
+    for field in ("nora_samples", "guide"):  # the policy's own draws, with rewards as the task gives them
+        if field in config.objective:
+            config.objective[field] = 0
+    maker = RolloutMaker(task, model_config, config, nora_params=trees["nora"].params)  # (handover hands to her)
     score = jax.jit(lambda params, tokens, mask, start: scoring.token_logprobs(
         model_config, params, tokens, mask, temperature=config.rollout.temperature, kl=None, entropy_of=(),
         score_from=start), static_argnums=3)

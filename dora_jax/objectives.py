@@ -82,7 +82,10 @@ class ObjectiveConfig:
     # "modes" her batch-wide share of correct samples in the response's labelled strategy
     nora_reward_by: str = "problem"
     nora_reward_weight: float = 1.0  # lambda: reward x (1 - lambda x her success); 1 takes all of it off
-    nora_guide: int = 0  # Nora-guided groups: up to this many rows per group become her correct samples (0 = off)
+    # Guided groups: up to `guide` rows of each group become correct samples of the prompt drawn by `guide_from`:
+    # "nora" (from her objective.nora_samples draws) or "ref" (group_size draws of Ref's); 0 = off
+    guide: int = 0
+    guide_from: str = "nora"
 
     def __post_init__(self):
         require(self.loss in LOSSES, "loss", self.loss, f"use a registered loss: {', '.join(sorted(LOSSES))}.")
@@ -103,11 +106,13 @@ class ObjectiveConfig:
                 "or 'modes' (her batch-wide correct share in the response's strategy).")
         require(0 <= self.nora_reward_weight <= 1, "nora_reward_weight", self.nora_reward_weight,
                 "use a weight in [0, 1]: 0 leaves the rewards as they are, 1 takes all of Nora's success off.")
-        require(0 <= self.nora_guide < self.group_size, "nora_guide", self.nora_guide,
+        require(0 <= self.guide < self.group_size, "guide", self.guide,
                 f"use 0 (off) or fewer rows than the group holds ({self.group_size}).")
-        require(not self.nora_guide or self.nora_samples >= 1, "nora_guide", self.nora_guide,
-                "Nora-guided groups take her correct samples from objective.nora_samples: set nora_samples >= 1 "
-                "(and nora_reward_weight = 0 to leave the rewards unshaped).")
+        require(self.guide_from in ("nora", "ref"), "guide_from", self.guide_from,
+                "use 'nora' (her correct samples) or 'ref' (Ref's).")
+        require(not self.guide or self.guide_from != "nora" or self.nora_samples >= self.guide, "guide",
+                self.guide, "Nora-guided groups take her correct samples from objective.nora_samples: set "
+                "nora_samples >= guide (and nora_reward_weight = 0 to leave the rewards unshaped).")
         if "set_size" in ADVANTAGES[self.advantage].reads:
             require(1 <= self.set_size <= self.group_size, "set_size", self.set_size,
                     f"set advantages need 1 <= set_size <= group_size ({self.group_size}).")

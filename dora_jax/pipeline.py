@@ -37,7 +37,7 @@ from dora_jax.eval.evaluate import EvalConfig, Evaluator
 from dora_jax.models import ModelConfig, checkpoint, gguf_io, hf
 from dora_jax.rollout.process import ProcessRollouts
 from dora_jax.rollout.sft import DistillConfig, SFTBatches, SFTConfig, distill_corpus
-from dora_jax.rollout.source import InlineRollouts, RolloutConfig
+from dora_jax.rollout.source import InlineRollouts, RolloutConfig, samples_nora, samples_ref
 from dora_jax.sharding import MeshConfig
 from dora_jax.tasks import diversity
 from dora_jax.trainer import Trainer
@@ -127,10 +127,10 @@ def check_config(config) -> None:
             raise sections.ConfigError(f"config.objective.nora_reward_by='modes' reads strategy labels, which the "
                                        f"{c.task.name} task does not give; use 'strategy' (clusters from "
                                        "config.diversity) or 'problem'.")
-        if c.objective.get("nora_guide") and c.rollout.handover_window:
-            raise sections.ConfigError("config.objective.nora_guide puts whole responses of Nora's in the policy's "
+        if c.objective.get("guide") and c.rollout.handover_window:
+            raise sections.ConfigError("config.objective.guide puts whole responses of another policy in the policy's "
                                        "groups, which handover sampling already mixes token by token; set "
-                                       "config.rollout.handover_window=0 or config.objective.nora_guide=0.")
+                                       "config.rollout.handover_window=0 or config.objective.guide=0.")
         if c.objective.loss == "sft":
             _require_section(c, "sft", SFTConfig, "common.sft(c) in the config file adds it")
         if c.teacher_dir or "teacher" in c.build:
@@ -312,8 +312,8 @@ def _sft_batches(config, task, trainer, evaluator, teacher):
 def _inline_rollouts(config, task, trainer, evaluator, teacher):
     del evaluator, teacher
     return InlineRollouts(task, trainer.model_config, config, trainer.samples_path,
-                          nora_params=trainer.frozen["nora"] if (config.rollout.handover_window
-                                                                 or config.objective.get("nora_samples")) else None)
+                          nora_params=trainer.frozen["nora"] if samples_nora(config) else None,
+                          ref_params=trainer.frozen["ref"] if samples_ref(config) else None)
 
 
 def _process_rollouts(config, task, trainer, evaluator, teacher):

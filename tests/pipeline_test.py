@@ -110,11 +110,13 @@ def test_an_improved_variant_trains_alongside_on_the_same_ref_and_nora(shared, t
     # The complementarity reward: Nora sampled on each prompt, rewards scaled by her failure rate there.
     assert all(0 <= r["rollout/nora_success"] <= 1 and r["reward/mean"] <= r["rollout/reward_before_complement"] + 1e-6
                for r in records)
-    table = experiments.gate_by_token_kind(str(workdir), batches=1)  # launch/diagnose.py's table
-    assert set(table) == {"nora", "trained"} and set(table["nora"]) == {"operator", "parenthesis", "number", "end"}
-    for kinds in table.values():
-        assert 0.5 < sum(e["tokens"] for e in kinds.values()) <= 1 + 1e-6
-        assert sum(e["gated_share"] for e in kinds.values()) <= 1 + 1e-6
+    for run in (workdir, workdir / "alongside" / "nora_reward_from_ref"):  # launch/diagnose.py's table, also of a
+        table = experiments.gate_by_token_kind(str(run), batches=1)  # run that sampled Nora for its rewards
+        assert set(table) == {"nora", "trained"}
+        assert set(table["nora"]) == {"operator", "parenthesis", "number", "end"}
+        for kinds in table.values():
+            assert 0.5 < sum(e["tokens"] for e in kinds.values()) <= 1 + 1e-6
+            assert sum(e["gated_share"] for e in kinds.values()) <= 1 + 1e-6
     main, other = (json.loads((d / "config.json").read_text()) for d in (workdir, workdir / "alongside" / "nora_reward_from_ref"))
     assert (other["ref_dir"], other["nora_dir"], other["policy_init"]) == (main["ref_dir"], main["nora_dir"], "ref")
 
@@ -286,9 +288,13 @@ def test_the_complementarity_reward_survives_every_variant_it_combines_with():
     with pytest.raises(ValueError, match="one of the complementarity rewards"):
         indicator.get_config("from_ref,grpo,nora_reward,nora_strategy_reward")
     guided = indicator.get_config("from_ref,grpo,poly_epo,nora_guide").objective  # her samples, rewards unshaped
-    assert (guided.nora_guide, guided.nora_samples, guided.nora_reward_weight) == (2, 8, 0.0)
+    assert (guided.guide, guided.guide_from, guided.nora_samples, guided.nora_reward_weight) == (2, "nora", 8, 0.0)
     guided = indicator.get_config("from_ref,grpo,nora_reward,nora_guide").objective
-    assert (guided.nora_guide, guided.nora_samples, guided.nora_reward_weight) == (2, 8, 1.0)
+    assert (guided.guide, guided.guide_from, guided.nora_samples, guided.nora_reward_weight) == (2, "nora", 8, 1.0)
+    guided = indicator.get_config("from_ref,grpo,ref_guide").objective  # Ref's samples: Nora is not sampled
+    assert (guided.guide, guided.guide_from) == (2, "ref") and "nora_samples" not in guided
+    with pytest.raises(ValueError, match="choose one of the guides"):
+        indicator.get_config("nora_guide,ref_guide")
 
 
 def test_compare_overrides_take_the_fields_type_and_an_unknown_field_fails_first(tmp_path):

@@ -62,7 +62,7 @@ def _mode_discount_on_math(c):
 
 
 def _guided_handover(c):
-    c.objective.update(nora_samples=8, nora_guide=2)
+    c.objective.update(guide=2, guide_from="ref")
     c.rollout.handover_window = 2
 
 
@@ -80,8 +80,9 @@ def _guided_handover(c):
     (lambda c: c.update(sweep="seed=0,1"), r"config\.sweep='seed=0,1' is set: a sweep is many runs"),
     (lambda c: c.trainer.update(stop_kl=-1.0), r"config\.trainer\.stop_kl=-1\.0: use 0"),
     (_mode_discount_on_math, r"nora_reward_by='modes' reads strategy labels, which the math task does not give"),
-    (lambda c: c.objective.update(nora_guide=2), r"config\.objective\.nora_guide=2: .*set nora_samples >= 1"),
-    (_guided_handover, r"config\.objective\.nora_guide puts whole responses of Nora's in the policy's groups"),
+    (lambda c: c.objective.update(guide=2), r"config\.objective\.guide=2: .*set nora_samples >= guide"),
+    (lambda c: c.objective.update(guide=2, guide_from="dora"), r"config\.objective\.guide_from='dora': use 'nora'"),
+    (_guided_handover, r"config\.objective\.guide puts whole responses of another policy in the policy's groups"),
 ])
 def test_check_config_rejects_a_bad_value_before_any_work(change, message, tmp_path):
     c = indicator.get_config("smoke")

@@ -38,7 +38,7 @@ import numpy as np
 
 from dora_jax.models import ModelConfig, checkpoint, param_shapes
 from dora_jax.batch import RolloutBatch
-from dora_jax.rollout.source import HostSide, MadeBatch, RolloutConfig, RolloutMaker
+from dora_jax.rollout.source import HostSide, MadeBatch, RolloutConfig, RolloutMaker, samples_nora, samples_ref
 from dora_jax.sections import parse
 from dora_jax.tasks import make_task
 
@@ -85,10 +85,11 @@ def _sampler_main(config_json: str, model_config_json: str, shm_name: str, locks
         model_config = ModelConfig.from_json_dict(json.loads(model_config_json))
         layout = _Layout(model_config)
         shm = shared_memory.SharedMemory(name=shm_name)
-        nora = None
-        if config.rollout.handover_window or config.objective.get("nora_samples"):  # these sample Nora too
-            nora = jax.device_put(checkpoint.load_policy(config.nora_dir, config.model).params)
-        maker = RolloutMaker(make_task(config.task), model_config, config, nora_params=nora)
+        frozen = {name: jax.device_put(checkpoint.load_policy(path, config.model).params) if needed else None
+                  for name, path, needed in (("nora", config.nora_dir or config.ref_dir, samples_nora(config)),
+                                             ("ref", config.ref_dir, samples_ref(config)))}
+        maker = RolloutMaker(make_task(config.task), model_config, config, nora_params=frozen["nora"],
+                             ref_params=frozen["ref"])
         newest, params, loaded = -1, None, -1
         position = start
         while True:
@@ -168,6 +169,9 @@ class ProcessRollouts:
             raise ValueError(f"config.rollout.sampler_devices={r.sampler_devices} gives devices to the inline sampler; "
                              "the sampler process has a runtime of its own. Set rollout.sampler_devices=0 or use "
                              "rollout.mode='inline'.")
+        if (samples_nora(config) or samples_ref(config)) and not config.ref_dir:
+            raise ValueError("the sampler process loads Nora and Ref from their directories, and config.ref_dir is "
+                             "empty (a random Ref); set config.ref_dir to a saved policy or use rollout.mode='inline'.")
         self.model_config, self.config, self.rollout = model_config, config, r
         self.sync_s = 0.0  # seconds the last parameter push took
         self.host = HostSide(samples_path)

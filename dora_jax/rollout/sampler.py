@@ -152,11 +152,13 @@ def score(config: ModelConfig, params: Params, prompt_BxP, prompt_mask_BxP, toke
     tokens_BxT = np.concatenate([np.asarray(prompt_BxP), np.asarray(tokens_BxN)], axis=1).astype(np.int32)
     mask_BxT = np.concatenate([np.asarray(prompt_mask_BxP), np.asarray(mask_BxN)], axis=1).astype(np.int32)
     layout = layout_of((params,), rules)
+    rows = None
     if layout is not None:
         rows = row_sharding(layout, len(tokens_BxT))
         tokens_BxT, mask_BxT = distributed.global_arrays((tokens_BxT, mask_BxT), (rows, rows))
-    logp_BxT = distributed.to_host(_score(config, params, tokens_BxT, mask_BxT, float(temperature or 1.0), prompt_len,
-                                              layout))
+    logp_BxT = _score(config, params, tokens_BxT, mask_BxT, float(temperature or 1.0), prompt_len, layout)
+    # (as in `sample`: a collective only where some rows live on another process)
+    logp_BxT = jax.device_get(logp_BxT) if rows is None or rows.is_fully_addressable else distributed.to_host(logp_BxT)
     return np.asarray(logp_BxT)[:, prompt_len:] * np.asarray(mask_BxN, np.float32)
 
 

@@ -143,10 +143,22 @@ def _copy_local_replica(full: jax.Array, target) -> jax.Array:
     return jax.make_array_from_single_device_arrays(full.shape, target, shards)
 
 
+def samples_nora(config) -> bool:
+    """Whether the rollouts sample Nora too: handover, the complementarity reward or Nora-guided groups."""
+    o = config.objective
+    return bool(config.rollout.handover_window or o.get("nora_samples")
+                or (o.get("guide") and o.get("guide_from", "nora") == "nora"))
+
+
+def samples_ref(config) -> bool:
+    """Whether the rollouts sample Ref too: Ref-guided groups."""
+    return bool(config.objective.get("guide") and config.objective.get("guide_from", "nora") == "ref")
+
+
 class RolloutMaker:
     """Batch `position` of the task's RL split: prompts, G samples each, rewards, strategy ids."""
 
-    def __init__(self, task, model_config, config, nora_params=None):
+    def __init__(self, task, model_config, config, nora_params=None, ref_params=None):
         self.task, self.model_config, self.config = task, model_config, config
         self.rollout = parse(RolloutConfig, config.rollout, "rollout")
         self.rules = tuple(tuple(r) for r in config.mesh.rules)  # how rows and activations lie on the params' mesh
@@ -156,13 +168,18 @@ class RolloutMaker:
         self.nora_samples = int(config.objective.get("nora_samples", 0))
         self.nora_reward_by = config.objective.get("nora_reward_by", "problem")
         self.nora_reward_weight = float(config.objective.get("nora_reward_weight", 1.0))
-        self.nora_guide = int(config.objective.get("nora_guide", 0))
-        if (self.handover_window or self.nora_samples) and nora_params is None:
+        # Guided groups: up to `guide` rows per group become correct samples of Nora's or Ref's (guide_from).
+        self.guide = int(config.objective.get("guide", 0))
+        self.guide_from = config.objective.get("guide_from", "nora")
+        if samples_nora(config) and nora_params is None:
             setting = (f"config.rollout.handover_window={self.handover_window}" if self.handover_window
                        else f"config.objective.nora_samples={self.nora_samples}")
             raise ValueError(f"{setting} samples Nora, but the sampler has no Nora parameters; set config.nora_dir "
                              "(or set it to 0 to sample the policy alone).")
-        self.nora_params = nora_params
+        if samples_ref(config) and ref_params is None:
+            raise ValueError("config.objective.guide_from='ref' samples Ref, but the sampler has no Ref parameters; "
+                             "set config.ref_dir (or guide_from='nora').")
+        self.nora_params, self.ref_params = nora_params, ref_params
         self.diversity = make_diversity(config.diversity)
         # Functions that read the responses (embedding, LLM judge) get them decoded; task labels do not.
         self.reads_text = getattr(self.diversity, "reads_text", True)
@@ -184,17 +201,20 @@ class RolloutMaker:
         rewards_B, valid_B, strategy_B = self.task.score(problems, rollout.tokens_BxN)
         new_tokens = float(np.sum(rollout.mask_BxN))
         perf = {"perf/sample_s": sampled - start, "perf/sample_tokens_per_s": new_tokens / max(sampled - start, 1e-9)}
-        # What the policy itself draws, before Nora-guided rows replace any of it.
+        # What the policy itself draws, before guided rows replace any of it.
         host_metrics = {"rollout/valid_frac": float(np.mean(valid_B)),
                         "rollout/finished_frac": float(np.mean(rollout.finish_B == 0))}
         for i, name in enumerate(self.task.strategy_names):  # what the policy explores, update by update
             host_metrics[f"rollout/strategy/{name}"] = float(np.mean(strategy_B == i))
-        cluster_QxG = None
+        cluster_QxG, guided_B = None, np.zeros(len(prompt_BxP), bool)
+        nora = self._sample_nora(problems, prompt_QxP, mask_QxP, position) if self.nora_samples else None
+        if self.guide:
+            guide = nora if self.guide_from == "nora" else self._draw(
+                self.ref_params, problems, prompt_QxP, mask_QxP, position, G, self.config.seed + 50_000)
+            rollout, rewards_B, strategy_B, guided_B = self._guide(params, prompt_BxP, mask_BxP, rollout, rewards_B,
+                                                                   strategy_B, *guide)
+            host_metrics["rollout/guided_frac"] = float(np.mean(guided_B))
         if self.nora_samples:
-            nora = self._sample_nora(problems, prompt_QxP, mask_QxP, position)
-            if self.nora_guide:
-                rollout, rewards_B, strategy_B, host_metrics["rollout/nora_guided_frac"] = self._guide(
-                    params, prompt_BxP, mask_BxP, rollout, rewards_B, strategy_B, *nora)
             rewards_B, nora_metrics, cluster_QxG = self._complement(prompt_QxP, mask_QxP, rollout, rewards_B,
                                                                     strategy_B, *nora)
             host_metrics.update(nora_metrics)
@@ -215,45 +235,52 @@ class RolloutMaker:
             samples = [{"step": position + 1, "prompt": self.task.decode(prompt_BxP[g][mask_BxP[g] > 0]),
                         "response": self.task.decode(rollout.tokens_BxN[g][rollout.mask_BxN[g] > 0]),
                         "reward": float(rewards_B[g]),
-                        "strategy": self.task.strategy_name(int(strategy_B[g]))} for g in range(G)]
+                        "strategy": self.task.strategy_name(int(strategy_B[g])),
+                        **({"guided": bool(guided_B[g])} if self.guide else {})} for g in range(G)]
         return MadeBatch(batch, host_metrics, samples)
 
 
     def _sample_nora(self, problems, prompt_QxP, mask_QxP, position: int) -> tuple[Rollout, np.ndarray, np.ndarray]:
         """objective.nora_samples samples of Nora per prompt (keys of their own), with their rewards and strategies."""
-        K = self.nora_samples
-        nora = jax.device_get(sample(
-            self.model_config, (self.nora_params,), np.repeat(prompt_QxP, K, axis=0), np.repeat(mask_QxP, K, axis=0),
-            row_keys(self.config.seed + 40_000, position, len(problems) * K), rules=self.rules, group=K,
+        return self._draw(self.nora_params, problems, prompt_QxP, mask_QxP, position, self.nora_samples,
+                          self.config.seed + 40_000)
+
+    def _draw(self, params, problems, prompt_QxP, mask_QxP, position: int, K: int, seed: int):
+        """K samples per prompt of a frozen policy, from keys of `seed`, with their rewards and strategies."""
+        drawn = jax.device_get(sample(
+            self.model_config, (params,), np.repeat(prompt_QxP, K, axis=0), np.repeat(mask_QxP, K, axis=0),
+            row_keys(seed, position, len(problems) * K), rules=self.rules, group=K,
             **sampling_options(self.rollout, self.task)))
-        nora_rewards, _, nora_strategy = self.task.score(problems, nora.tokens_BxN)
-        return nora, np.asarray(nora_rewards), np.asarray(nora_strategy)
+        rewards, _, strategy = self.task.score(problems, drawn.tokens_BxN)
+        return drawn, np.asarray(rewards), np.asarray(strategy)
 
     def _guide(self, params, prompt_BxP, mask_BxP, rollout: Rollout, rewards_B: np.ndarray, strategy_B: np.ndarray,
-               nora: Rollout, nora_rewards: np.ndarray, nora_strategy: np.ndarray):
-        """Nora-guided groups (objective.nora_guide = m): the last rows of each group become Nora's correct
-        samples of its prompt, as many as she drew up to m, first drawn first, with their rewards and strategies.
-        Their behaviour log-probs are the policy's own (`score`), so the update treats them as if the policy had
-        drawn them: no importance correction, ratio 1. Returns the rollout, rewards, strategies and the share of
-        rows replaced."""
-        K, m = self.nora_samples, self.nora_guide
-        G = len(rewards_B) * K // len(nora_rewards)
+               guide: Rollout, guide_rewards: np.ndarray, guide_strategy: np.ndarray):
+        """Guided groups (objective.guide = m): the last rows of each group become the guide's (Nora's or Ref's)
+        correct samples of its prompt, as many as it drew up to m, first drawn first, with their rewards and
+        strategies. Their behaviour log-probs are the policy's own (`score`), so the update treats them as if the
+        policy had drawn them: no importance correction, ratio 1. Returns the rollout, rewards, strategies and
+        which rows were replaced [B] (bool)."""
+        G, m = self.config.objective.group_size, self.guide
+        K = len(guide_rewards) * G // len(rewards_B)
         rows, hers = [], []
-        for q, correct in enumerate(np.asarray(nora_rewards).reshape(-1, K) > 0):
+        for q, correct in enumerate(np.asarray(guide_rewards).reshape(-1, K) > 0):
             picked = np.flatnonzero(correct)[:m]
             rows += [q * G + G - 1 - j for j in range(len(picked))]
             hers += [q * K + k for k in picked]
+        guided_B = np.zeros(len(rewards_B), bool)
+        guided_B[rows] = True
         if not rows:
-            return rollout, rewards_B, strategy_B, 0.0
+            return rollout, rewards_B, strategy_B, guided_B
         out = {name: np.array(getattr(rollout, name)) for name in rollout._fields}
         for name in ("tokens_BxN", "mask_BxN", "lengths_B", "finish_B"):
-            out[name][rows] = np.asarray(getattr(nora, name))[hers]
+            out[name][rows] = np.asarray(getattr(guide, name))[hers]
         logp_BxN = score(self.model_config, params, prompt_BxP, mask_BxP, out["tokens_BxN"], out["mask_BxN"],
                          temperature=self.rollout.temperature, rules=self.rules)
         out["logp_BxN"][rows] = logp_BxN[rows]
         rewards_B, strategy_B = np.array(rewards_B, np.float32), np.array(strategy_B)
-        rewards_B[rows], strategy_B[rows] = nora_rewards[hers], nora_strategy[hers]
-        return Rollout(**out), rewards_B, strategy_B, len(rows) / len(rewards_B)
+        rewards_B[rows], strategy_B[rows] = guide_rewards[hers], guide_strategy[hers]
+        return Rollout(**out), rewards_B, strategy_B, guided_B
 
     def _complement(self, prompt_QxP, mask_QxP, rollout: Rollout, rewards_B: np.ndarray, strategy_B: np.ndarray,
                     nora: Rollout, nora_rewards: np.ndarray, nora_strategy: np.ndarray):
@@ -335,16 +362,17 @@ class HostSide:
 class InlineRollouts:
     """On-policy rollouts sampled in the learner's process with the latest published parameters."""
 
-    def __init__(self, task, model_config, config, samples_path: str | None = None, devices=None, nora_params=None):
+    def __init__(self, task, model_config, config, samples_path: str | None = None, devices=None, nora_params=None,
+                 ref_params=None):
         """`devices`: the run's devices, as given to the `Trainer` (default: every process's).
 
-        `nora_params`: Nora's tree, for handover sampling (config.rollout.handover_window > 0).
+        `nora_params` / `ref_params`: the frozen trees the rollouts also sample (`samples_nora`, `samples_ref`).
         """
         own = sharding.split_devices(config, devices)[1]
         self.devices = SamplerDevices(model_config, config, own) if own else None
-        if self.devices is not None and nora_params is not None:
-            nora_params = self.devices.put(nora_params)
-        self.maker = RolloutMaker(task, model_config, config, nora_params)
+        if self.devices is not None:
+            nora_params, ref_params = (None if p is None else self.devices.put(p) for p in (nora_params, ref_params))
+        self.maker = RolloutMaker(task, model_config, config, nora_params, ref_params)
         self.host = HostSide(samples_path)
         self.position = 0  # batches produced so far
         self.params = None

@@ -1,5 +1,6 @@
 """The complementarity reward: rewards scaled by Nora's success on the problem, or in the response's strategy."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -52,35 +53,100 @@ def test_complementarity_reward(monkeypatch, by, weight, expected):
         assert clusters is None
 
 
-@pytest.mark.parametrize("guide, rows, frac", [(1, [1, 3], 1 / 2), (2, [1, 0, 3], 3 / 4)])
-def test_nora_guided_groups(monkeypatch, guide, rows, frac):
-    """The last rows of each group become Nora's correct samples (first drawn first, as many as she has), scored
-    by the policy: problem 0 has two of hers to give, problem 1 one."""
+@pytest.mark.parametrize("guide, rows", [(1, {2: 0, 5: 5}), (2, {2: 0, 1: 2, 5: 5})])
+def test_nora_guided_groups(monkeypatch, guide, rows):
+    """The last rows of each group of 3 become Nora's correct samples, first drawn first, as many as she has up to
+    `guide` (problem 0 has two to give, problem 1 one), with her tokens, masks, lengths, finish flags, rewards and
+    strategies, and log-probs scored by the policy. `rows`: policy row -> Nora's sample put there."""
     c = common.get_config()
-    c.objective.nora_samples, c.objective.nora_guide = 4, guide
-    monkeypatch.setattr(source, "sample", lambda *args, **kwargs: NORA)
+    c.objective.group_size, c.objective.nora_samples, c.objective.guide = 3, 4, guide
+    # Nora's 4 samples of each problem as [strategy, correct, id]; her correct ones stop a token early.
+    tokens = np.array([[0, 1, 11], [1, 0, 12], [0, 1, 13], [2, 0, 14], [1, 0, 15], [1, 1, 16], [0, 0, 17], [0, 0, 18]],
+                      np.int32)
+    mask = np.ones_like(tokens)
+    mask[tokens[:, 1] > 0, 2] = 0
+    nora = Rollout(tokens, np.zeros(tokens.shape, np.float32), 0 * tokens, mask, mask.sum(1),
+                   (tokens[:, 1] == 0).astype(np.int32))
+    monkeypatch.setattr(source, "sample", lambda *args, **kwargs: nora)
     monkeypatch.setattr(source, "score", lambda config, params, p, m, tokens, mask, **kw: np.full(tokens.shape, -0.5))
     maker = source.RolloutMaker(_Task(), None, c, nora_params=object())
     prompt_QxP = np.ones((2, 3), np.int32)
-    wrong = _rollout([[2, 0], [2, 0], [0, 0], [0, 0]])  # the policy's own: all wrong
-    nora = maker._sample_nora([0, 1], prompt_QxP, prompt_QxP, 0)
-    guided, rewards, strategy, replaced = maker._guide(None, np.repeat(prompt_QxP, 2, 0), np.repeat(prompt_QxP, 2, 0),
-                                                       wrong, np.zeros(4, np.float32), np.array([2, 2, 0, 0]), *nora)
-    hers = {1: [0, 1], 0: [0, 1], 3: [1, 1]}  # row -> Nora's sample put there
-    expected = [hers[row] if row in rows else list(np.asarray(wrong.tokens_BxN)[row]) for row in range(4)]
-    np.testing.assert_array_equal(guided.tokens_BxN, expected)
-    np.testing.assert_array_equal(rewards, [float(row in rows) for row in range(4)])
-    np.testing.assert_array_equal(strategy, [e[0] for e in expected])
-    np.testing.assert_array_equal(guided.logp_BxN[:, 0], [-0.5 if row in rows else 0.0 for row in range(4)])
-    assert replaced == frac
+    own = np.array([[2, 0, 0]] * 6, np.int32)  # the policy's own: all wrong, full length
+    ones = np.ones_like(own)
+    wrong = Rollout(own, np.zeros(own.shape, np.float32), 0 * ones, ones, ones.sum(1), ones[:, 0])
+    drawn = maker._sample_nora([0, 1], prompt_QxP, prompt_QxP, 0)
+    guided, rewards, strategy, guided_B = maker._guide(None, np.repeat(prompt_QxP, 3, 0), np.repeat(prompt_QxP, 3, 0),
+                                                       wrong, np.zeros(6, np.float32), own[:, 0], *drawn)
+    for name in ("tokens_BxN", "mask_BxN", "lengths_B", "finish_B"):
+        expected = [getattr(nora, name)[rows[b]] if b in rows else getattr(wrong, name)[b] for b in range(6)]
+        np.testing.assert_array_equal(getattr(guided, name), expected, err_msg=name)
+    np.testing.assert_array_equal(rewards, [float(b in rows) for b in range(6)])
+    np.testing.assert_array_equal(strategy, [tokens[rows[b], 0] if b in rows else 2 for b in range(6)])
+    np.testing.assert_array_equal(guided.logp_BxN[:, 0], [-0.5 if b in rows else 0.0 for b in range(6)])
+    np.testing.assert_array_equal(guided_B, [b in rows for b in range(6)])
 
 
-def test_nora_guide_is_checked():
+class _Problems(_Task):
+    """A task whose prompts `make` can build: problem i's prompt is three tokens i."""
+
+    def problems(self, split, start, count, seed):
+        return list(range(start, start + count))
+
+    def prompts(self, problems):
+        prompt_QxP = np.repeat(np.asarray(problems, np.int32)[:, None], 3, axis=1) + 1
+        return prompt_QxP, np.ones_like(prompt_QxP)
+
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+    def strategy_name(self, i):
+        return self.strategy_names[i]
+
+
+@pytest.mark.parametrize("with_nora", [False, True])
+def test_ref_guided_groups(monkeypatch, with_nora):
+    """guide_from='ref': the guide rows come from G draws of Ref's per prompt (keys of their own), and the batch
+    carries Ref's correct answers where the policy's last rows were. Nora is sampled only for the complementarity
+    reward, which then scales the guided rows' rewards like the policy's (her success on problem 0 is 1/2)."""
+    c = common.get_config()
+    c.objective.group_size, c.objective.guide, c.objective.guide_from = 2, 1, "ref"
+    c.objective.nora_samples = 2 if with_nora else 0
+    c.rollout.prompts_per_step, c.rollout.samples_every = 2, 1
+    drawn = {"policy": _rollout([[2, 0], [2, 0], [0, 0], [0, 0]]),  # all wrong
+             "ref": _rollout([[0, 0], [1, 1], [2, 0], [0, 0]]),  # correct once on problem 0, never on problem 1
+             "nora": _rollout([[0, 1], [0, 0], [0, 0], [0, 0]])}  # correct once on problem 0
+    calls = []
+
+    def fake_sample(config, policies, prompt_BxP, mask_BxP, keys, **kwargs):
+        calls.append((policies[0], len(prompt_BxP), int(jax.random.key_data(keys)[0, -1])))
+        return drawn[policies[0]]
+
+    monkeypatch.setattr(source, "sample", fake_sample)
+    monkeypatch.setattr(source, "score", lambda config, params, p, m, tokens, mask, **kw: np.full(tokens.shape, -0.5))
+    with pytest.raises(ValueError, match="guide_from='ref' samples Ref"):
+        source.RolloutMaker(_Problems(), None, c, nora_params="nora")
+    made = source.RolloutMaker(_Problems(), None, c, nora_params="nora", ref_params="ref").make(0, "policy")
+    assert [name for name, _, _ in calls] == ["policy"] + ["nora"] * with_nora + ["ref"]
+    assert len({key for _, _, key in calls}) == len(calls) and calls[-1][1] == 4  # Ref: G per prompt, own keys
+    np.testing.assert_array_equal(made.batch.tokens_BxT[:, 3:], [[2, 0], [1, 1], [0, 0], [0, 0]])
+    np.testing.assert_array_equal(made.batch.rewards_B, [0, 0.5 if with_nora else 1, 0, 0])
+    np.testing.assert_array_equal(made.batch.logp_old_BxT[:, 3], [0, -0.5, 0, 0])
+    assert made.host_metrics["rollout/guided_frac"] == 1 / 4
+    assert made.host_metrics["rollout/valid_frac"] == 1.0 and made.host_metrics["rollout/strategy/s2"] == 0.5
+    assert [(s["response"], s["guided"]) for s in made.samples] == [("2 0", False), ("1 1", True)]
+
+
+def test_guide_is_checked():
     from dora_jax.objectives import ObjectiveConfig
-    with pytest.raises(ValueError, match="set nora_samples >= 1"):
-        ObjectiveConfig(nora_guide=2)
+    with pytest.raises(ValueError, match="set nora_samples >= guide"):
+        ObjectiveConfig(guide=2)
+    with pytest.raises(ValueError, match="set nora_samples >= guide"):
+        ObjectiveConfig(guide=3, nora_samples=2)
     with pytest.raises(ValueError, match="fewer rows than the group"):
-        ObjectiveConfig(nora_guide=8, nora_samples=8)
+        ObjectiveConfig(guide=8, nora_samples=8)
+    with pytest.raises(ValueError, match="use 'nora' .* or 'ref'"):
+        ObjectiveConfig(guide=2, guide_from="dora")
+    assert ObjectiveConfig(guide=2, guide_from="ref").nora_samples == 0  # Ref's draws need none of Nora's
 
 
 def test_nora_reward_by_and_weight_are_checked():

@@ -71,15 +71,20 @@ def _with_saved_ref_and_nora(config, root):
     return config
 
 
-@pytest.mark.parametrize("with_nora", [False, True])
-def test_process_mode_equals_inline_mode_at_zero_staleness(tmp_path, with_nora):
+@pytest.mark.parametrize("frozen", ["none", "nora", "ref_guide"])
+def test_process_mode_equals_inline_mode_at_zero_staleness(tmp_path, frozen):
     config = _config()
-    if with_nora:  # the sampler process loads Nora from her checkpoint: handover puts her tokens in the batch,
-        config = _with_saved_ref_and_nora(config, tmp_path)  # the complementarity reward samples her as well
-        config.rollout.handover_window, config.objective.nora_samples = 2, 2
+    if frozen != "none":  # the sampler process loads Ref and Nora from their checkpoints
+        config = _with_saved_ref_and_nora(config, tmp_path)
+        config.objective.nora_samples = 2  # the complementarity reward samples Nora
+    if frozen == "nora":  # handover puts her tokens in the batch
+        config.rollout.handover_window = 2
+    if frozen == "ref_guide":  # Ref is sampled too (random policies solve nothing, so no row is replaced)
+        config.objective.guide, config.objective.guide_from = 1, "ref"
     inline_batches, inline_records = _run(config, tmp_path / "inline", "inline")
     process_batches, process_records = _run(config, tmp_path / "process", "process")
-    assert all(("rollout/nora_success" in r) == with_nora for r in inline_records + process_records)
+    assert all(("rollout/nora_success" in r) == (frozen != "none") for r in inline_records + process_records)
+    assert all(("rollout/guided_frac" in r) == (frozen == "ref_guide") for r in inline_records + process_records)
     assert len(inline_batches) == len(process_batches) == 3
     for a, b in zip(inline_batches, process_batches):
         assert a.keys() == b.keys()

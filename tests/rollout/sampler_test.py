@@ -63,7 +63,7 @@ def test_logprobs_equal_scorer(params, temperature, top_k, top_p):
     # Recorded log-probs are pre-filter, temperature-scaled: exactly what the trainer scores.
     ref = _scored(params[0], prompt, mask, out, temperature)
     assert np.abs(np.asarray(out.logp_BxN) - ref)[on].max() <= 1e-4
-    # `score` records given responses as `sample` records its own (Nora-guided groups rely on it).
+    # `score` records given responses as `sample` records its own (guided groups rely on it).
     again = sampler.score(CFG, params[0], prompt, mask, out.tokens_BxN, out.mask_BxN, temperature=temperature)
     assert np.abs(np.asarray(out.logp_BxN) - again).max() <= 1e-4
     np.testing.assert_array_equal(np.asarray(out.policy_BxN), 0)
