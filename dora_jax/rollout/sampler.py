@@ -139,8 +139,7 @@ def sample(config: ModelConfig, policies: tuple[Params, ...], prompt_BxP: jax.Ar
         rngs_B = jax.random.wrap_key_data(distributed.global_arrays(jax.random.key_data(rngs_B), rows),
                                           impl=jax.random.key_impl(rngs_B))
     rollout = _sample(config, tuple(policies), prompt_BxP, prompt_mask_BxP, rngs_B, *static, layout)
-    # Every process scores the whole rollout, so rewards and batches agree everywhere.
-    return rollout if rows is None or rows.is_fully_addressable else distributed.to_host(rollout)
+    return _whole(rollout, rows)  # every process scores the whole rollout, so rewards and batches agree everywhere
 
 
 def score(config: ModelConfig, params: Params, prompt_BxP, prompt_mask_BxP, tokens_BxN, mask_BxN, *,
@@ -156,10 +155,13 @@ def score(config: ModelConfig, params: Params, prompt_BxP, prompt_mask_BxP, toke
     if layout is not None:
         rows = row_sharding(layout, len(tokens_BxT))
         tokens_BxT, mask_BxT = distributed.global_arrays((tokens_BxT, mask_BxT), (rows, rows))
-    logp_BxT = _score(config, params, tokens_BxT, mask_BxT, float(temperature or 1.0), prompt_len, layout)
-    # (as in `sample`: a collective only where some rows live on another process)
-    logp_BxT = jax.device_get(logp_BxT) if rows is None or rows.is_fully_addressable else distributed.to_host(logp_BxT)
+    logp_BxT = _whole(_score(config, params, tokens_BxT, mask_BxT, float(temperature or 1.0), prompt_len, layout), rows)
     return np.asarray(logp_BxT)[:, prompt_len:] * np.asarray(mask_BxN, np.float32)
+
+
+def _whole(tree, rows: NamedSharding | None):
+    """`tree`, laid out by `rows`, whole on this process: a collective only where some rows live on another."""
+    return tree if rows is None or rows.is_fully_addressable else distributed.to_host(tree)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
