@@ -4,10 +4,11 @@
 
 On the embedded default, a missing pi_ref (configs/ref_sft.py) and Nora (configs/nora_grpo.py)
 are built first and cached under config.cache_dir. The run writes metrics, samples, eval.json,
-report.md (the paper's Tables 1-2 analogues) and figures/ to the workdir. Then the improved variant
-`:from_ref,grpo,nora_reward` (GRPO from Ref on rewards scaled by Nora's failure rate on each problem) trains
-on the same Ref and Nora in WORKDIR/alongside/nora_reward_from_ref, and report.md ends with both side by
-side (docs/results.md, "Rediscovering forgotten strategies").
+report.md (the paper's Tables 1-2 analogues) and figures/ to the workdir. With `:side_by_side` the improved
+variant `:from_ref,grpo,nora_reward,spare_rare,ref_guide` (GRPO from Ref on rewards scaled by Nora's failure
+rate on each problem, except in the rare strategies, with up to 2 of Ref's correct answers in each group) then
+trains on the same Ref and Nora in WORKDIR/alongside/improved, and report.md ends with both side by side
+(docs/results.md, "Rediscovering forgotten strategies").
 Variants: `:smoke` (seconds, for tests), `:beta_sweep` (beta in 0.01, 0.1, 1 with overlays),
 `:signed` (psi = exp(A / beta) - 1), `:sequence` (the response's log pi_ref / pi_nora as gate and log-ratio),
 `:complement` (PPO reinforcing only correct responses Ref favours more than Nora), `:pass_at_k` (the pass@k
@@ -16,13 +17,15 @@ distinct strategies of 4-response subsets), `:grpo` (plain GRPO), `:nora_reward`
 rate on the problem, from 8 of her samples), `:nora_strategy_reward` (rewards times 1 - the share of 8 of Nora's
 samples that are correct in the response's own strategy: a correct answer by a strategy she does not use keeps its
 full reward), `:nora_mode_reward` (rewards times 1 - the share of Nora's correct samples over the whole batch
-that use the response's strategy: her modes are discounted everywhere), `:nora_guide` (up to 2 rows of each
+that use the response's strategy: her modes are discounted everywhere), `:spare_rare` (with one of those rewards:
+responses in the task's rare strategies keep their whole reward), `:nora_guide` (up to 2 rows of each
 group are Nora's correct samples of the prompt, trained on as if Dora had drawn them), `:ref_guide` (the same with
 Ref's correct samples, from 8 of Ref's per prompt), `:from_ref` (Dora starts from Ref, uncapped); they combine,
 e.g. `:from_ref,grpo,nora_reward`,
 `:handover` (paper §5.2: responses alternate between Dora and Nora every 2 tokens; Dora learns on hers),
 `:smollm` (a real pretrained model on a CPU: SmolLM2-135M-Instruct from its package, Nora built by GRPO,
 about 50 minutes on 2 cores from nothing; docs/real_model.md),
+`:seeds` (seeds 0, 1, 2 with a mean ± std table), `:side_by_side` (the improved Dora after this one, above),
 `:math` (real math, the paper's setting: delta 2, beta 1, group size 8; local files and models):
 
     python launch/train.py --config=configs/indicator.py:math --config.ref_dir=R1_DISTILL_1P5B_DIR \
@@ -37,6 +40,12 @@ from configs import common, nora_grpo, ref_sft
 
 # The complementarity rewards other than the per-problem one, by the objective.nora_reward_by they set.
 _NORA_REWARD_BY = {"nora_strategy_reward": "strategy", "nora_mode_reward": "modes"}
+
+
+# Every variant this config reads (besides the shared ones, configs/common.py).
+VARIANTS = ("side_by_side", "beta_sweep", "signed", "sequence", "complement", "grpo", "pass_at_k", "poly_epo",
+            "from_ref", "nora_reward", "nora_strategy_reward", "nora_mode_reward", "spare_rare", "nora_guide",
+            "ref_guide", "handover")
 
 
 def _at_most_one(variants: set, names: tuple, what: str, arg) -> str | None:
@@ -99,15 +108,17 @@ def get_config(arg=None):
         c.objective.nora_reward_weight = 1.0  # lambda, here so --config / compare.py --set can lower it
     if reward in _NORA_REWARD_BY:  # (nora_reward keeps the default, "problem")
         c.objective.nora_reward_by = _NORA_REWARD_BY[reward]
+    if "spare_rare" in v:  # responses in the rare strategies keep their whole reward
+        c.objective.spare_rare = True
     guide = _at_most_one(v, ("nora_guide", "ref_guide"), "guides", arg)
     if guide:  # guided groups: up to 2 of each group's 8 rows become Nora's (or Ref's) correct samples
         c.objective.guide, c.objective.guide_from = 2, guide.removesuffix("_guide")
     if guide == "nora_guide" and not reward:  # her samples, without the complementarity reward (rewards unshaped)
         c.objective.nora_samples, c.objective.nora_reward_weight = 8, 0.0
-    if not v - {"seeds"}:  # the main command: the improved variant trains after it, on the same Ref and Nora
-        c.alongside.nora_reward_from_ref = get_config("from_ref,grpo,nora_reward")
+    if "side_by_side" in v:  # the improved variant trains after this one, on the same Ref and Nora
+        c.alongside.improved = get_config("from_ref,grpo,nora_reward,spare_rare,ref_guide")
     if "handover" in common.variants(arg):
         # Paper §5.2: Dora and Nora alternate every 2 tokens within each response; Dora's loss
         # covers her own windows only (Countdown answers are 5-9 tokens).
         c.rollout.handover_window = 2
-    return common.finish(c, arg)
+    return common.finish(c, arg, VARIANTS)

@@ -15,9 +15,12 @@ About 2 minutes with cached policies on a 2-core CPU.
 from configs import common, nora_grpo, ref_sft
 
 
+VARIANTS = ("pass_at_k", "grpo_diversity")  # (the shared ones, configs/common.py, too)
+
+
 def get_config(arg=None):
-    c = nora_grpo.get_config(arg)  # Nora's training recipe; only the advantage differs
-    variant = common.variants(arg) & {"pass_at_k", "grpo_diversity"}
+    variant = common.variants(arg) & set(VARIANTS)
+    c = nora_grpo.get_config(",".join(common.variants(arg) - variant))  # Nora's recipe; only the advantage differs
     c.name = variant.pop() if variant else "polyepo"
     c.build.ref = ref_sft.get_config(common.build_arg(arg))
     c.build.nora = nora_grpo.get_config(common.build_arg(arg))

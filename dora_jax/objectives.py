@@ -82,6 +82,7 @@ class ObjectiveConfig:
     # "modes" her batch-wide share of correct samples in the response's labelled strategy
     nora_reward_by: str = "problem"
     nora_reward_weight: float = 1.0  # lambda: reward x (1 - lambda x her success); 1 takes all of it off
+    spare_rare: bool = False  # responses in the task's rare strategies keep their whole reward (labelled tasks)
     # Guided groups: up to `guide` rows of each group become correct samples of the prompt drawn by `guide_from`:
     # "nora" (from her objective.nora_samples draws) or "ref" (group_size draws of Ref's); 0 = off
     guide: int = 0
@@ -106,6 +107,8 @@ class ObjectiveConfig:
                 "or 'modes' (her batch-wide correct share in the response's strategy).")
         require(0 <= self.nora_reward_weight <= 1, "nora_reward_weight", self.nora_reward_weight,
                 "use a weight in [0, 1]: 0 leaves the rewards as they are, 1 takes all of Nora's success off.")
+        require(not self.spare_rare or self.nora_samples > 0, "spare_rare", self.spare_rare,
+                "sparing rare strategies changes the complementarity reward: set objective.nora_samples > 0.")
         require(0 <= self.guide < self.group_size, "guide", self.guide,
                 f"use 0 (off) or fewer rows than the group holds ({self.group_size}).")
         require(self.guide_from in ("nora", "ref"), "guide_from", self.guide_from,

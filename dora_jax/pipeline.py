@@ -127,6 +127,9 @@ def check_config(config) -> None:
             raise sections.ConfigError(f"config.objective.nora_reward_by='modes' reads strategy labels, which the "
                                        f"{c.task.name} task does not give; use 'strategy' (clusters from "
                                        "config.diversity) or 'problem'.")
+        if c.objective.get("spare_rare") and not getattr(tasks.task_class(c.task.name), "rare_strategies", ()):
+            raise sections.ConfigError(f"config.objective.spare_rare=True reads which strategies are rare, which the "
+                                       f"{c.task.name} task does not say; set it to False.")
         if c.objective.get("guide") and c.rollout.handover_window:
             raise sections.ConfigError("config.objective.guide puts whole responses of another policy in the policy's "
                                        "groups, which handover sampling already mixes token by token; set "

@@ -94,30 +94,30 @@ def test_a_workdir_resumes_only_the_run_it_holds(shared, tmp_path):
 @pytest.mark.slow
 def test_an_improved_variant_trains_alongside_on_the_same_ref_and_nora(shared, tmp_path):
     c = _smoke(indicator, shared)
-    c.alongside.nora_reward_from_ref = _smoke(indicator, shared, "smoke,from_ref,complement,nora_reward")
+    c.alongside.improved = _smoke(indicator, shared, "smoke,from_ref,complement,nora_reward")
     workdir = tmp_path / "main"
     summary = pipeline.run(c, str(workdir))
-    side = summary["alongside"]["nora_reward_from_ref"]
-    assert (workdir / "alongside" / "nora_reward_from_ref" / "eval.json").exists()
+    side = summary["alongside"]["improved"]
+    assert (workdir / "alongside" / "improved" / "eval.json").exists()
     assert side["policies"]["ref"] == summary["policies"]["ref"]  # the same Ref, evaluated with the same keys
     assert side["policies"]["nora"] == summary["policies"]["nora"]
     report = (workdir / "report.md").read_text()
-    assert "## Side by side, seed 0" in report and "| nora_reward_from_ref |" in report
+    assert "## Side by side, seed 0" in report and "| improved |" in report
     assert ("forgotten" in summary) == ("## Forgotten strategies" in report)
-    records = _lines(workdir / "alongside" / "nora_reward_from_ref" / "metrics.jsonl")[1:]
+    records = _lines(workdir / "alongside" / "improved" / "metrics.jsonl")[1:]
     # What the diagnosis reads: the rollouts' strategies, and where the weight acts.
     assert all("rollout/strategy/sum" in r and "objective/weight_above" in r for r in records)
     # The complementarity reward: Nora sampled on each prompt, rewards scaled by her failure rate there.
     assert all(0 <= r["rollout/nora_success"] <= 1 and r["reward/mean"] <= r["rollout/reward_before_complement"] + 1e-6
                for r in records)
-    for run in (workdir, workdir / "alongside" / "nora_reward_from_ref"):  # launch/diagnose.py's table, also of a
+    for run in (workdir, workdir / "alongside" / "improved"):  # launch/diagnose.py's table, also of a
         table = experiments.gate_by_token_kind(str(run), batches=1)  # run that sampled Nora for its rewards
         assert set(table) == {"nora", "trained"}
         assert set(table["nora"]) == {"operator", "parenthesis", "number", "end"}
         for kinds in table.values():
             assert 0.5 < sum(e["tokens"] for e in kinds.values()) <= 1 + 1e-6
             assert sum(e["gated_share"] for e in kinds.values()) <= 1 + 1e-6
-    main, other = (json.loads((d / "config.json").read_text()) for d in (workdir, workdir / "alongside" / "nora_reward_from_ref"))
+    main, other = (json.loads((d / "config.json").read_text()) for d in (workdir, workdir / "alongside" / "improved"))
     assert (other["ref_dir"], other["nora_dir"], other["policy_init"]) == (main["ref_dir"], main["nora_dir"], "ref")
 
 
@@ -295,6 +295,17 @@ def test_the_complementarity_reward_survives_every_variant_it_combines_with():
     assert (guided.guide, guided.guide_from) == (2, "ref") and "nora_samples" not in guided
     with pytest.raises(ValueError, match="choose one of the guides"):
         indicator.get_config("nora_guide,ref_guide")
+    assert not indicator.get_config().alongside  # the main command trains the paper's objective alone
+    improved = indicator.get_config("side_by_side").alongside.improved.objective
+    assert (improved.spare_rare, improved.guide_from, improved.nora_samples) == (True, "ref", 8)
+    spared = indicator.get_config("from_ref,grpo,nora_reward,spare_rare").objective
+    assert spared.spare_rare and spared.nora_samples == 8
+    with pytest.raises(ValueError, match="config variant 'nora_rewrd' .* not one of this config's: .*nora_reward"):
+        indicator.get_config("from_ref,grpo,nora_rewrd")  # a misspelt variant would run another experiment
+    from configs import polyepo
+    assert polyepo.get_config("pass_at_k,smoke").objective.advantage == "pass_at_k"  # its own names reach no other
+    with pytest.raises(ValueError, match="config variant 'from_ref'"):
+        polyepo.get_config("from_ref")
 
 
 def test_compare_overrides_take_the_fields_type_and_an_unknown_field_fails_first(tmp_path):

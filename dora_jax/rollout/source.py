@@ -168,6 +168,8 @@ class RolloutMaker:
         self.nora_samples = int(config.objective.get("nora_samples", 0))
         self.nora_reward_by = config.objective.get("nora_reward_by", "problem")
         self.nora_reward_weight = float(config.objective.get("nora_reward_weight", 1.0))
+        # Strategies whose responses the complementarity reward leaves whole (objective.spare_rare).
+        self.spared = tuple(task.rare_strategies) if config.objective.get("spare_rare") else ()
         # Guided groups: up to `guide` rows per group become correct samples of Nora's or Ref's (guide_from).
         self.guide = int(config.objective.get("guide", 0))
         self.guide_from = config.objective.get("guide_from", "nora")
@@ -294,7 +296,8 @@ class RolloutMaker:
         response's labelled strategy; unlabelled answers, -1, count as one more strategy): her modes are
         discounted everywhere by how much of what she solves they carry, and a strategy she solves a few problems
         with keeps most of its reward even on those.
-        objective.nora_reward_weight (lambda) scales what is taken off: r x (1 - lambda x her share). Returns the
+        objective.nora_reward_weight (lambda) scales what is taken off: r x (1 - lambda x her share); with
+        objective.spare_rare nothing is taken off responses in the task's rare strategies. Returns the
         shaped rewards, metrics, and in "strategy" mode the policy's cluster ids [Q, G] from that joint
         clustering (the advantage's clusters too, so they are computed once), else None."""
         K = self.nora_samples
@@ -315,7 +318,8 @@ class RolloutMaker:
             covered_QxG = (same_BxC.sum(axis=1) / max(hers_C.size, 1)).reshape(Q, G)
         else:
             covered_QxG = np.repeat(correct_QxK.mean(axis=1, keepdims=True), G, axis=1)
-        shaped_B = np.asarray(rewards_B, np.float32) * (1.0 - self.nora_reward_weight * covered_QxG.reshape(-1))
+        covered_B = np.where(np.isin(strategy_B, self.spared), 0.0, covered_QxG.reshape(-1))
+        shaped_B = np.asarray(rewards_B, np.float32) * (1.0 - self.nora_reward_weight * covered_B)
         return shaped_B, {"rollout/nora_success": float(correct_QxK.mean()),
                           "rollout/reward_before_complement": float(np.mean(rewards_B))}, mine_QxG
 

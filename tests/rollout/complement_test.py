@@ -18,6 +18,7 @@ def _rollout(strategy_and_correct):
 
 class _Task:
     name, stop_ids, pad_id, strategy_names = "stub", (9,), 0, ("s0", "s1", "s2")
+    rare_strategies = (2,)
 
     def score(self, problems, tokens_BxN):
         tokens_BxN = np.asarray(tokens_BxN)
@@ -30,15 +31,17 @@ NORA = _rollout([[0, 1], [0, 1], [1, 0], [2, 0], [1, 1], [0, 0], [0, 0], [0, 0]]
 POLICY = _rollout([[0, 1], [1, 1], [1, 1], [2, 1]])
 
 
-@pytest.mark.parametrize("by, weight, expected", [
-    ("problem", 1.0, [0.5, 0.5, 0.75, 0.75]),  # 1 - her success on the problem
-    ("strategy", 1.0, [0.5, 1.0, 0.75, 1.0]),  # 1 - her correct share in the strategy
-    ("problem", 0.5, [0.75, 0.75, 0.875, 0.875]),  # 1 - 0.5 x her success
-    ("modes", 1.0, [1 / 3, 2 / 3, 2 / 3, 1.0]),  # 1 - her batch-wide correct share in the strategy: 0 2/3, 1 1/3
+@pytest.mark.parametrize("by, weight, spare_rare, expected", [
+    ("problem", 1.0, False, [0.5, 0.5, 0.75, 0.75]),  # 1 - her success on the problem
+    ("strategy", 1.0, False, [0.5, 1.0, 0.75, 1.0]),  # 1 - her correct share in the strategy
+    ("problem", 0.5, False, [0.75, 0.75, 0.875, 0.875]),  # 1 - 0.5 x her success
+    ("modes", 1.0, False, [1 / 3, 2 / 3, 2 / 3, 1.0]),  # 1 - her batch-wide correct share in the strategy: 0 2/3, 1 1/3
+    ("problem", 1.0, True, [0.5, 0.5, 0.75, 1.0]),  # the last row is in the rare strategy 2: its reward stays whole
 ])
-def test_complementarity_reward(monkeypatch, by, weight, expected):
+def test_complementarity_reward(monkeypatch, by, weight, spare_rare, expected):
     c = common.get_config()
     c.objective.nora_samples, c.objective.nora_reward_by, c.objective.nora_reward_weight = 4, by, weight
+    c.objective.spare_rare = spare_rare
     monkeypatch.setattr(source, "sample", lambda *args, **kwargs: NORA)
     maker = source.RolloutMaker(_Task(), None, c, nora_params=object())
     prompt_QxP = np.ones((2, 3), np.int32)
@@ -155,6 +158,18 @@ def test_nora_reward_by_and_weight_are_checked():
         ObjectiveConfig(nora_reward_by="cluster")
     with pytest.raises(ValueError, match="nora_reward_weight"):
         ObjectiveConfig(nora_reward_weight=1.5)
+    with pytest.raises(ValueError, match="set objective.nora_samples > 0"):
+        ObjectiveConfig(spare_rare=True)
+
+
+def test_spare_rare_needs_a_task_that_says_which_strategies_are_rare():
+    from configs import indicator
+    from dora_jax import pipeline, sections, tasks
+    c = indicator.get_config("from_ref,grpo,nora_reward,spare_rare")
+    pipeline.check_config(c)  # countdown labels its rare templates
+    c.task = tasks.default_config("math")
+    with pytest.raises(sections.ConfigError, match="spare_rare=True reads which strategies are rare.*math"):
+        pipeline.check_config(c)
 
 
 def test_nora_samples_without_nora_parameters_name_the_setting():
