@@ -100,6 +100,14 @@ def sft(c: ml_collections.ConfigDict, arg=None, **changes) -> None:
 SHARED_VARIANTS = ("math", "smollm", "smoke", "seeds")
 
 
+def check_variants(arg, known: tuple[str, ...] = ()) -> None:
+    """Refuses a variant name that is neither shared nor one of `known` (a config's own), naming them all."""
+    unknown = sorted(variants(arg) - set(SHARED_VARIANTS) - set(known))
+    if unknown:
+        raise ValueError(f"config variant {unknown[0]!r} (in {arg!r}) is not one of this config's: "
+                         f"{', '.join(sorted(set(known) | set(SHARED_VARIANTS)))}.")
+
+
 def finish(c: ml_collections.ConfigDict, arg=None, known: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
     """Applies the variants every config shares; call last in a config's get_config, with the names of the
     config's own variants (`known`): any other name is refused, so a misspelt variant cannot run another experiment.
@@ -108,10 +116,7 @@ def finish(c: ml_collections.ConfigDict, arg=None, known: tuple[str, ...] = ()) 
     generated word problems, sized for a CPU (smollm). `smoke`: tiny and fast, for tests. `seeds`: three independent pipelines (seed 0, 1, 2,
     ref and Nora rebuilt per seed) with a mean ± std table in WORKDIR/sweep.md.
     """
-    unknown = sorted(variants(arg) - set(SHARED_VARIANTS) - set(known))
-    if unknown:
-        raise ValueError(f"config variant {unknown[0]!r} (in {arg!r}) is not one of this config's: "
-                         f"{', '.join(sorted(set(known) | set(SHARED_VARIANTS)))}.")
+    check_variants(arg, known)
     if "math" in variants(arg):
         real_math(c)
     if "smollm" in variants(arg):

@@ -109,6 +109,9 @@ def get_config(arg=None):
     if reward in _NORA_REWARD_BY:  # (nora_reward keeps the default, "problem")
         c.objective.nora_reward_by = _NORA_REWARD_BY[reward]
     if "spare_rare" in v:  # responses in the rare strategies keep their whole reward
+        if not reward:
+            raise ValueError(f"configs/indicator.py:{arg}: spare_rare changes a complementarity reward; add one of "
+                             "nora_reward, nora_strategy_reward, nora_mode_reward.")
         c.objective.spare_rare = True
     guide = _at_most_one(v, ("nora_guide", "ref_guide"), "guides", arg)
     if guide:  # guided groups: up to 2 of each group's 8 rows become Nora's (or Ref's) correct samples
@@ -116,7 +119,12 @@ def get_config(arg=None):
     if guide == "nora_guide" and not reward:  # her samples, without the complementarity reward (rewards unshaped)
         c.objective.nora_samples, c.objective.nora_reward_weight = 8, 0.0
     if "side_by_side" in v:  # the improved variant trains after this one, on the same Ref and Nora
-        c.alongside.improved = get_config("from_ref,grpo,nora_reward,spare_rare,ref_guide")
+        clash = sorted(v & {"math", "smollm", "handover", "beta_sweep"})
+        if clash:  # it needs Countdown's rare strategies, whole responses and one run to follow
+            raise ValueError(f"configs/indicator.py:{arg}: side_by_side trains the improved Dora on the embedded "
+                             f"task after a single run; it does not combine with {clash[0]}.")
+        c.alongside.improved = get_config("from_ref,grpo,nora_reward,spare_rare,ref_guide"
+                                          + (",smoke" if "smoke" in v else ""))
     if "handover" in common.variants(arg):
         # Paper §5.2: Dora and Nora alternate every 2 tokens within each response; Dora's loss
         # covers her own windows only (Countdown answers are 5-9 tokens).

@@ -19,6 +19,7 @@ VARIANTS = ("pass_at_k", "grpo_diversity")  # (the shared ones, configs/common.p
 
 
 def get_config(arg=None):
+    common.check_variants(arg, VARIANTS)
     variant = common.variants(arg) & set(VARIANTS)
     c = nora_grpo.get_config(",".join(common.variants(arg) - variant))  # Nora's recipe; only the advantage differs
     c.name = variant.pop() if variant else "polyepo"

@@ -107,8 +107,9 @@ class ObjectiveConfig:
                 "or 'modes' (her batch-wide correct share in the response's strategy).")
         require(0 <= self.nora_reward_weight <= 1, "nora_reward_weight", self.nora_reward_weight,
                 "use a weight in [0, 1]: 0 leaves the rewards as they are, 1 takes all of Nora's success off.")
-        require(not self.spare_rare or self.nora_samples > 0, "spare_rare", self.spare_rare,
-                "sparing rare strategies changes the complementarity reward: set objective.nora_samples > 0.")
+        require(not self.spare_rare or (self.nora_samples > 0 and self.nora_reward_weight > 0), "spare_rare",
+                self.spare_rare, "sparing rare strategies changes the complementarity reward: set "
+                "objective.nora_samples > 0 and nora_reward_weight > 0.")
         require(0 <= self.guide < self.group_size, "guide", self.guide,
                 f"use 0 (off) or fewer rows than the group holds ({self.group_size}).")
         require(self.guide_from in ("nora", "ref"), "guide_from", self.guide_from,

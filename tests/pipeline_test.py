@@ -298,13 +298,18 @@ def test_the_complementarity_reward_survives_every_variant_it_combines_with():
     assert not indicator.get_config().alongside  # the main command trains the paper's objective alone
     improved = indicator.get_config("side_by_side").alongside.improved.objective
     assert (improved.spare_rare, improved.guide_from, improved.nora_samples) == (True, "ref", 8)
+    assert indicator.get_config("side_by_side,smoke").alongside.improved.trainer.num_steps == 4  # smoke too
+    with pytest.raises(ValueError, match="does not combine with math"):
+        indicator.get_config("side_by_side,math")
+    with pytest.raises(ValueError, match="add one of nora_reward"):
+        indicator.get_config("from_ref,grpo,spare_rare")
     spared = indicator.get_config("from_ref,grpo,nora_reward,spare_rare").objective
     assert spared.spare_rare and spared.nora_samples == 8
     with pytest.raises(ValueError, match="config variant 'nora_rewrd' .* not one of this config's: .*nora_reward"):
         indicator.get_config("from_ref,grpo,nora_rewrd")  # a misspelt variant would run another experiment
     from configs import polyepo
     assert polyepo.get_config("pass_at_k,smoke").objective.advantage == "pass_at_k"  # its own names reach no other
-    with pytest.raises(ValueError, match="config variant 'from_ref'"):
+    with pytest.raises(ValueError, match="config variant 'from_ref' .*: grpo_diversity, math, pass_at_k"):
         polyepo.get_config("from_ref")
 
 
