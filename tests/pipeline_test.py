@@ -307,6 +307,12 @@ def test_the_complementarity_reward_survives_every_variant_it_combines_with():
     assert spared.spare_rare and spared.nora_samples == 8
     with pytest.raises(ValueError, match="config variant 'nora_rewrd' .* not one of this config's: .*nora_reward"):
         indicator.get_config("from_ref,grpo,nora_rewrd")  # a misspelt variant would run another experiment
+    assert clipped.get_config("signed").objective.psi_form == "signed"  # a variant that keeps Formulation 1
+    with pytest.raises(ValueError, match="config variant 'nora_reward' .* not one of this config's"):
+        clipped.get_config("nora_reward")  # it would be dropped when clipped.py rebuilds the objective
+    from configs import contrastive
+    with pytest.raises(ValueError, match="config variant 'signed'"):
+        contrastive.get_config("signed")  # contrastive sets psi itself
     from configs import polyepo
     assert polyepo.get_config("pass_at_k,smoke").objective.advantage == "pass_at_k"  # its own names reach no other
     with pytest.raises(ValueError, match="config variant 'from_ref' .*: grpo_diversity, math, pass_at_k"):
