@@ -38,6 +38,8 @@ Memory per device: `python launch/plan.py --config=configs/indicator.py:math --c
 
 from configs import common, nora_grpo, ref_sft
 
+# The improved Dora: the variant `:side_by_side` trains after this one, and launch/compare.py runs.
+IMPROVED = "from_ref,grpo,nora_reward,spare_rare,ref_guide"
 # The complementarity rewards other than the per-problem one, by the objective.nora_reward_by they set.
 _NORA_REWARD_BY = {"nora_strategy_reward": "strategy", "nora_mode_reward": "modes"}
 
@@ -123,8 +125,7 @@ def get_config(arg=None):
         if clash:  # it needs Countdown's rare strategies, whole responses and one run to follow
             raise ValueError(f"configs/indicator.py:{arg}: side_by_side trains the improved Dora on the embedded "
                              f"task after a single run; it does not combine with {clash[0]}.")
-        c.alongside.improved = get_config("from_ref,grpo,nora_reward,spare_rare,ref_guide"
-                                          + (",smoke" if "smoke" in v else ""))
+        c.alongside.improved = get_config(IMPROVED + (",smoke" if "smoke" in v else ""))
     if "handover" in common.variants(arg):
         # Paper §5.2: Dora and Nora alternate every 2 tokens within each response; Dora's loss
         # covers her own windows only (Countdown answers are 5-9 tokens).

@@ -14,11 +14,12 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
+from configs import indicator
 from dora_jax import experiments, pipeline
 
 # The paper's two formulations, the set-RL baselines, and the Dora that rediscovers what Nora forgot.
 METHODS = ["configs/indicator.py", "configs/clipped.py", "configs/polyepo.py", "configs/polyepo.py:pass_at_k",
-           "configs/polyepo.py:grpo_diversity", "configs/indicator.py:from_ref,grpo,nora_reward,spare_rare,ref_guide"]
+           "configs/polyepo.py:grpo_diversity", f"configs/indicator.py:{indicator.IMPROVED}"]
 _CONFIGS = flags.DEFINE_multi_string("config", METHODS, "Config file[:variant], repeatable.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; each builds its own Ref and Nora.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/compare", "Output directory.")
