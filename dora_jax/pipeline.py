@@ -401,6 +401,7 @@ def launch(main) -> None:
     whether a `--config.x=...` override naming no field or a ConfigError from the checks, ends the process
     with one line naming it instead of a traceback (`DORA_JAX_TRACEBACK=1` shows the traceback)."""
     argv = sys.argv
+    app.define_help_flags()  # --help / --helpshort / --helpfull, which app.run would define before parsing
     try:
         flags.FLAGS(sys.argv)  # parses the flags and applies the config overrides, as app.run would
         argv = flags.FLAGS(sys.argv[:1])  # parsed: app.run must not apply the overrides a second time

@@ -29,3 +29,10 @@ def test_eval_without_a_policy_says_how_to_name_one():
     assert result.returncode != 0
     assert "no policy to evaluate: pass --policy=NAME=DIR" in result.stderr
     assert "StopIteration" not in result.stderr and "non-None default" not in result.stderr
+
+
+def test_help_lists_the_launchers_flags():
+    result = subprocess.run([sys.executable, "launch/compare.py", "--helpshort"], capture_output=True, text=True,
+                            cwd=ROOT, timeout=600)
+    assert "--seeds" in result.stdout and "--workdir" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Unknown command line flag" not in result.stderr
